@@ -1,0 +1,239 @@
+"""Typed recipe config: YAML in, dotted ``key.sub=value`` overrides, one clear line on any bad field."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+R1_SYSTEM_PROMPT = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with the "
+    "answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> "
+    "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>."
+)
+
+
+class ConfigError(ValueError):
+    """A config problem, said in one line that names the field, the value and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Strict):
+    name: str = "quickstart"
+    output_dir: str = "runs"
+    seed: int = 0
+
+
+class ModelConfig(_Strict):
+    name: str = Field("smollm2", description="embedded alias (smollm2), HF model dir, or hub id")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+
+
+class TaskMix(_Strict):
+    name: Literal["arithmetic", "word_problem", "countdown", "linear_equation", "instruction"]
+    n_train: int = Field(1000, ge=0)
+    n_test: int = Field(100, ge=0)
+    difficulty: int = Field(1, ge=1, le=5)
+
+
+class DataSource(_Strict):
+    """A user's dataset: a local JSONL / JSON / Parquet file or a hub dataset id."""
+
+    path: str
+    subset: str | None = Field(None, description="hub dataset config name (e.g. 'main' for openai/gsm8k)")
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
+    answer_pattern: str | None = Field(None, description="regex whose group 1 extracts the gold answer")
+    task: str | None = None
+    split: str = "train"
+    limit: int | None = Field(None, ge=1)
+    role: Literal["train", "test"] = "train"
+
+    @field_validator("answer_pattern")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                if re.compile(pattern, re.MULTILINE).groups < 1:
+                    raise ValueError("needs one capture group for the answer")
+            except re.error as exc:
+                raise ValueError(f"not a valid regex ({exc})") from None
+        return pattern
+
+
+class DataConfig(_Strict):
+    system_prompt: str = R1_SYSTEM_PROMPT
+    tasks: list[TaskMix] = Field(default_factory=lambda: [TaskMix(name="arithmetic")])
+    sources: list[DataSource] = Field(default_factory=list)
+
+
+class RolloutConfig(_Strict):
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    max_new_tokens: int = Field(256, ge=1)
+    max_model_len: int = Field(1024, ge=16)
+    gpu_memory_utilization: float = Field(0.35, gt=0, le=1)
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    enforce_eager: bool = False
+    tensor_parallel_size: int = Field(1, ge=1)
+
+
+class RewardItem(_Strict):
+    name: str = Field(description="registry name (format, accuracy, correctness, ...) or module:function")
+    weight: float = 1.0
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RewardsConfig(_Strict):
+    prefilled_think: bool | Literal["auto"] = Field(
+        "auto", description="completions start inside <think> (auto: the chat template ends with <think>)")
+    items: list[RewardItem] = Field(
+        default_factory=lambda: [RewardItem(name="format", weight=0.5), RewardItem(name="correctness", weight=1.0)]
+    )
+
+
+class EvalConfig(_Strict):
+    split: Literal["train", "test"] = "test"
+    n_samples: int = Field(4, ge=1, description="samples per prompt (pass@k and maj@k need k <= n_samples)")
+    k: list[int] = Field(default_factory=lambda: [1, 4])
+    temperature: float = Field(0.6, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int | None = Field(None, ge=1, description="default: rollout.max_new_tokens")
+    limit_per_task: int | None = Field(None, ge=1)
+
+    @field_validator("k")
+    @classmethod
+    def _positive(cls, ks: list[int]) -> list[int]:
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError("every k must be >= 1")
+        return sorted(set(ks))
+
+
+class RecipeConfig(_Strict):
+    """The whole recipe. Sections for later stages join here as they land."""
+
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def hash(self) -> str:
+        """A stable short hash of the resolved config (for manifests and resume checks)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b.0.c=value"`` -> (["a", "b", "0", "c"], parsed value). Values are parsed as YAML scalars/lists."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}': expected key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({exc.problem})") from None
+    return key.strip().split("."), value
+
+
+def apply_override(tree: dict, path: list[str], value: Any) -> None:
+    """Set ``value`` at ``path`` inside nested dicts/lists, creating dicts on the way (lists by index)."""
+    node: Any = tree
+    for i, part in enumerate(path[:-1]):
+        dotted = ".".join(path[: i + 1])
+        if isinstance(node, list):
+            node = node[_list_index(node, part, dotted)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(path)}: '{dotted}' is not a section")
+        node = node.setdefault(part, {})
+    last = path[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, ".".join(path))] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"override {'.'.join(path)}: '{'.'.join(path[:-1])}' is not a section")
+
+
+def _list_index(node: list, part: str, dotted: str) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise ConfigError(f"override {dotted}: '{part}' is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def _format_error(exc: ValidationError, tree: dict) -> str:
+    """The first validation error as one line: field, given value, what is allowed."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent = err["loc"][:-1]
+        section: Any = RecipeConfig
+        for part in parent:
+            field = section.model_fields.get(str(part)) if isinstance(part, str) else None
+            if field is None:
+                section = None
+                break
+            section = _model_of(field.annotation)
+        known = f"; known keys: {', '.join(section.model_fields)}" if section else ""
+        return f"config error: unknown key '{loc}'{known}"
+    value = err.get("input")
+    msg = err["msg"]
+    if err["type"] == "literal_error":
+        msg = "expected " + msg.removeprefix("Input should be ")
+    return f"config error: {loc}={value!r}: {msg}"
+
+
+def _model_of(annotation: Any):
+    """The pydantic model class inside an annotation like ``list[TaskMix]`` or ``RunConfig``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def validate(tree: dict) -> RecipeConfig:
+    """Build the typed config from a plain dict; raise :class:`ConfigError` with one line on failure."""
+    try:
+        return RecipeConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, tree)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RecipeConfig:
+    """Read a YAML recipe (or the defaults if ``path`` is None), apply overrides, validate."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path}: not found")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: invalid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping, got {type(tree).__name__}")
+    # Fill defaults first so an override like data.tasks.0.n_test=5 finds the default list to index.
+    tree = validate(tree).model_dump(mode="json", exclude_unset=False) if overrides else tree
+    for text in overrides:
+        apply_override(tree, *parse_override(text))
+    return validate(tree)
+
+
+def dump_yaml(cfg: RecipeConfig) -> str:
+    """The resolved config as YAML (what `r1 config show` prints and each stage saves)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, width=110)

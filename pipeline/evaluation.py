@@ -1,0 +1,78 @@
+"""`r1 eval`: wire a config to an engine, a tokenizer and an eval split, then run stages.evaluate."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from rollout import SamplingSpec, build_engine
+
+from .config import RecipeConfig
+
+log = logging.getLogger("r1.eval")
+
+
+def engine_options(cfg: RecipeConfig) -> dict:
+    """The engine constructor options a config implies (shared by eval and rollout actors)."""
+    r = cfg.rollout
+    return {"dtype": r.dtype, "gpu_memory_utilization": r.gpu_memory_utilization,
+            "max_model_len": r.max_model_len, "seed": cfg.run.seed, "enforce_eager": r.enforce_eager,
+            "tensor_parallel_size": r.tensor_parallel_size}
+
+
+def eval_sampling(cfg: RecipeConfig) -> SamplingSpec:
+    e = cfg.eval
+    return SamplingSpec(n=e.n_samples, temperature=e.temperature, top_p=e.top_p,
+                        max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens, seed=cfg.run.seed,
+                        logprobs=False)
+
+
+def run_eval(cfg: RecipeConfig, *, model: str | None = None, data: str | None = None, out: str | None = None,
+             label: str | None = None, engine=None):
+    """Evaluate ``model`` (default: the config's) on ``data`` (default: the config's held-out split).
+
+    Returns ``(metrics, table)`` and writes ``eval.json``, ``eval_samples.jsonl`` and ``table.txt``.
+    """
+    from transformers import AutoTokenizer
+
+    from stages.evaluate import evaluate, format_table
+    from trainer.model_io import resolve_model
+
+    from .data import eval_samples
+    from .prompting import template_prefills_think
+
+    model_dir = resolve_model(model or cfg.model.name)
+    label = label or Path(model_dir).name
+    out_dir = Path(out) if out else cfg.run_dir() / "eval" / label
+    samples = eval_samples(cfg, data)
+    if cfg.eval.limit_per_task:
+        samples = _limit_per_task(samples, cfg.eval.limit_per_task)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prefilled = cfg.rewards.prefilled_think
+    if prefilled == "auto":
+        prefilled = template_prefills_think(tokenizer, cfg.data.system_prompt)
+    own_engine = engine is None
+    if own_engine:
+        log.info("starting %s engine for %s", cfg.rollout.engine, model_dir)
+        engine = build_engine(cfg.rollout.engine, model_dir, **engine_options(cfg))
+    try:
+        metrics = evaluate(engine, tokenizer, samples, system_prompt=cfg.data.system_prompt,
+                           sampling=eval_sampling(cfg), ks=cfg.eval.k, prefilled_think=prefilled, out_dir=out_dir)
+    finally:
+        if own_engine:
+            engine.close()
+    table = format_table(metrics)
+    (out_dir / "table.txt").write_text(table + "\n")
+    (out_dir / "model.json").write_text(json.dumps({"model": model_dir, "label": label, "n": len(samples)}))
+    return metrics, table
+
+
+def _limit_per_task(samples, limit: int):
+    seen: dict[str, int] = {}
+    kept = []
+    for s in samples:
+        task = str(s.get("task"))
+        if seen.get(task, 0) < limit:
+            kept.append(s)
+            seen[task] = seen.get(task, 0) + 1
+    return kept

@@ -1,0 +1,38 @@
+"""Correctness: the outcome reward for any task, dispatched on the sample's ``verifier`` field."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rewards.accuracy import accuracy_reward
+from rewards.base import Reward, reason_of
+from rewards.countdown import countdown_reward
+from rewards.instruction import instruction_reward
+
+# Names a sample may not name as its verifier: they do not decide correctness (and "correctness"
+# itself would recurse).
+_NOT_VERIFIERS = frozenset({"correctness", "format", "language_consistency", "overlong"})
+
+
+def correctness_reward(completion: str, sample: Mapping[str, Any], *, timeout_s: float = 5.0) -> Reward:
+    """1.0 iff the completion is correct by the reward named in ``sample.get("verifier", "accuracy")``.
+
+    ``accuracy`` (math, with ``timeout_s``), ``countdown`` and ``instruction`` (correct = every constraint
+    satisfied) are built in; any other name is looked up among registered rewards (e.g. a future
+    ``code``) and called without options. Sample data never names a module to import. Unknown names
+    give 0.0 with reason ``unknown_verifier:<name>``; otherwise the verifier's own reason is kept.
+    """
+    from rewards.registry import registered  # the registry imports this module
+
+    name = sample.get("verifier") or "accuracy"
+    if name == "accuracy":
+        return accuracy_reward(completion, sample, timeout_s=timeout_s)
+    if name == "countdown":
+        return countdown_reward(completion, sample)
+    if name == "instruction":
+        return instruction_reward(completion, sample, all_or_nothing=True)
+    verifier = registered(name) if isinstance(name, str) and name not in _NOT_VERIFIERS else None
+    if verifier is None:
+        return Reward(0.0, f"unknown_verifier:{name}")
+    value = verifier(completion, sample)
+    return value if isinstance(value, Reward) else Reward(float(value), reason_of(value))

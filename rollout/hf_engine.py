@@ -1,0 +1,84 @@
+"""A plain transformers engine: the fallback where vLLM is not installed (slow, but the same interface)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from .types import Completion, Generation, SamplingSpec
+
+
+class HFEngine:
+    """Batched ``model.generate`` with left padding; logprobs of the sampled tokens from processed scores."""
+
+    OPTIONS = ("dtype", "seed", "batch_size")
+
+    def __init__(self, model_dir: str, *, dtype: str = "float32", seed: int = 0, batch_size: int = 16) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        torch_dtype = torch.float32 if dtype == "auto" else getattr(torch, dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype).eval()
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id
+        self.seed = seed
+        self.batch_size = batch_size
+
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSpec, *, progress: bool = False
+                 ) -> list[Generation]:
+        from tqdm.auto import tqdm
+
+        torch = self.torch
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        results: list[Generation] = []
+        starts = range(0, len(prompts), self.batch_size)
+        for start in tqdm(starts, desc="generating (hf)", disable=not progress):
+            chunk = [list(p) for p in prompts[start:start + self.batch_size]]
+            results.extend(self._generate_chunk(chunk, sampling))
+        return results
+
+    def _generate_chunk(self, chunk: list[list[int]], sampling: SamplingSpec) -> list[Generation]:
+        torch = self.torch
+        width = max(len(p) for p in chunk)
+        input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in chunk])
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        greedy = sampling.temperature == 0
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=attention, max_new_tokens=sampling.max_new_tokens,
+                do_sample=not greedy, temperature=None if greedy else sampling.temperature,
+                top_p=None if greedy else sampling.top_p, top_k=None, num_return_sequences=sampling.n,
+                pad_token_id=self.pad_id, return_dict_in_generate=True, output_scores=sampling.logprobs,
+            )
+        new_tokens = out.sequences[:, width:]
+        step_logprobs = None
+        if sampling.logprobs:
+            # scores are the processed (temperature / top-p) logits of each step: the sampled distribution.
+            scores = torch.stack(out.scores, dim=1).float().log_softmax(-1)
+            step_logprobs = scores.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        eos = set(self._eos_ids())
+        generations = []
+        for i, prompt in enumerate(chunk):
+            gen = Generation(prompt_ids=prompt)
+            for j in range(sampling.n):
+                row = i * sampling.n + j
+                ids = new_tokens[row].tolist()
+                end = next((t + 1 for t, tok in enumerate(ids) if tok in eos), None)
+                finish = "stop" if end is not None else "length"
+                ids = ids[:end] if end is not None else ids
+                lps = step_logprobs[row, :len(ids)].tolist() if step_logprobs is not None else None
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                gen.completions.append(Completion(text=text, token_ids=ids, logprobs=lps, finish_reason=finish))
+            generations.append(gen)
+        return generations
+
+    def _eos_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+    def close(self) -> None:
+        del self.model

