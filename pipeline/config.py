@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 R1_SYSTEM_PROMPT = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
@@ -89,6 +89,15 @@ class RewardItem(_Strict):
     name: str = Field(description="registry name (format, accuracy, correctness, ...) or module:function")
     weight: float = 1.0
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _resolvable(self) -> "RewardItem":
+        # Unknown names, unimportable module:function paths and options a function does not take fail
+        # here, at load time, not hours into a run.
+        from rewards import weighted_sum
+
+        weighted_sum([self.model_dump()])
+        return self
 
 
 class RewardsConfig(_Strict):
@@ -192,6 +201,10 @@ def _format_error(exc: ValidationError, tree: dict) -> str:
     msg = err["msg"]
     if err["type"] == "literal_error":
         msg = "expected " + msg.removeprefix("Input should be ")
+    if err["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        if isinstance(value, dict):  # a whole section failed a check whose message names the culprit
+            return f"config error: {loc}: {msg}"
     return f"config error: {loc}={value!r}: {msg}"
 
 

@@ -26,6 +26,10 @@ class VLLMEngine:
         from vllm import LLM
 
         self.model_dir = model_dir
+        # vLLM rewinds a seeded request's torch.Generator after a partial (chunked) prefill, which CPU
+        # generators cannot do ("CPU Generator does not use offset"). On CPU, per-request seeds are
+        # therefore not passed; the engine-level `seed` still makes a whole run repeatable.
+        self.per_request_seeds = not _on_cpu()
         self.llm = LLM(
             model=model_dir,
             dtype=dtype,
@@ -50,7 +54,7 @@ class VLLMEngine:
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=sampling.max_new_tokens,
-            seed=sampling.seed,
+            seed=sampling.seed if self.per_request_seeds else None,
             logprobs=0 if sampling.logprobs else None,  # 0 = only the sampled token's logprob
         )
         outputs = self.llm.generate(
