@@ -165,13 +165,13 @@ def test_hub_rows_are_mapped_like_files(monkeypatch):
 
     calls = []
 
-    def fake_load(dataset_id, split):
-        calls.append((dataset_id, split))
+    def fake_load(dataset_id, subset=None, *, split):
+        calls.append((dataset_id, subset, split))
         return datasets.Dataset.from_list([{"question": f"q{i}", "answer": str(i)} for i in range(5)])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    samples = load_samples("openai/gsm8k", prompt_field="question", split="test", limit=2)
-    assert calls == [("openai/gsm8k", "test")]
+    samples = load_samples("openai/gsm8k", prompt_field="question", split="test", limit=2, subset="main")
+    assert calls == [("openai/gsm8k", "main", "test")]
     assert samples == [{"id": "gsm8k-test-000000", "task": "gsm8k", "prompt": "q0", "answer": "0"},
                        {"id": "gsm8k-test-000001", "task": "gsm8k", "prompt": "q1", "answer": "1"}]
 
