@@ -80,6 +80,8 @@ class RolloutConfig(_Strict):
     max_new_tokens: int = Field(256, ge=1)
     max_model_len: int = Field(1024, ge=16)
     gpu_memory_utilization: float = Field(0.35, gt=0, le=1)
+    max_num_seqs: int = Field(128, ge=1, description="sequences decoded at once; more than the KV cache holds "
+                              "makes vLLM preempt and recompute")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     enforce_eager: bool = False
     tensor_parallel_size: int = Field(1, ge=1)

@@ -17,7 +17,7 @@ class VLLMEngine:
     """A vLLM ``LLM`` that takes token-id prompts and returns per-token logprobs of the sampled tokens."""
 
     def __init__(self, model_dir: str, *, dtype: str = "auto", gpu_memory_utilization: float = 0.4,
-                 max_model_len: int = 2048, seed: int = 0, enforce_eager: bool = False,
+                 max_model_len: int = 2048, max_num_seqs: int = 128, seed: int = 0, enforce_eager: bool = False,
                  tensor_parallel_size: int = 1, enable_prefix_caching: bool = True) -> None:
         if _on_cpu():
             # In-process engine core on CPU: no spawned workers, so callers need no `__main__` guard and
@@ -35,6 +35,7 @@ class VLLMEngine:
             dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
             seed=seed,
             enforce_eager=enforce_eager,
             tensor_parallel_size=tensor_parallel_size,
