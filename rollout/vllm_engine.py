@@ -19,7 +19,8 @@ class VLLMEngine:
     def __init__(self, model_dir: str, *, dtype: str = "auto", gpu_memory_utilization: float = 0.4,
                  max_model_len: int = 2048, max_num_seqs: int = 128, seed: int = 0, enforce_eager: bool = False,
                  tensor_parallel_size: int = 1, enable_prefix_caching: bool = True) -> None:
-        if _on_cpu():
+        on_cpu = _on_cpu()
+        if on_cpu:
             # In-process engine core on CPU: no spawned workers, so callers need no `__main__` guard and
             # Ray actors can hold the engine directly. On GPU vLLM's default (a separate process) is kept.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -29,7 +30,7 @@ class VLLMEngine:
         # vLLM rewinds a seeded request's torch.Generator after a partial (chunked) prefill, which CPU
         # generators cannot do ("CPU Generator does not use offset"). On CPU, per-request seeds are
         # therefore not passed; the engine-level `seed` still makes a whole run repeatable.
-        self.per_request_seeds = not _on_cpu()
+        self.per_request_seeds = not on_cpu
         self.llm = LLM(
             model=model_dir,
             dtype=dtype,

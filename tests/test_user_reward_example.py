@@ -25,4 +25,4 @@ def test_readme_example_matches_this_file():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     body = Path(__file__).read_text().split('"""', 2)[2].split("\n\n\ndef test_readme_example")[0].strip()
-    assert body.replace("\n\n\n", "\n\n\n") in readme
+    assert body in readme
