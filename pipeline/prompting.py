@@ -35,3 +35,26 @@ def template_prefills_think(tokenizer, system_prompt: str | None) -> bool:
     """True if the chat template itself opens ``<think>`` (then completions start inside the think block)."""
     text = render_prompt_text(tokenizer, {"prompt": "1+1?"}, system_prompt)
     return text.rstrip().endswith("<think>")
+
+
+def render_sft_pair(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """(prompt ids, target ids) of a chat example whose last message is the assistant's reply.
+
+    The template is applied once to the whole conversation and split where the assistant's turn begins,
+    so the target carries the template's own end-of-turn token (the model learns to stop) and the prompt
+    is byte-for-byte what generation will later see.
+    """
+    if not messages or messages[-1].get("role") != "assistant":
+        raise ValueError("an SFT example's last message must have role 'assistant'")
+    if getattr(tokenizer, "chat_template", None):
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+        if not full.startswith(prompt):
+            raise ValueError("chat template renders the prompt differently inside the full conversation; "
+                             "cannot split prompt from target")
+        target = full[len(prompt):]
+    else:
+        prompt = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages[:-1]) + "Assistant:"
+        target = " " + messages[-1]["content"] + (tokenizer.eos_token or "")
+    return (tokenizer(prompt, add_special_tokens=False)["input_ids"],
+            tokenizer(target, add_special_tokens=False)["input_ids"])

@@ -13,6 +13,10 @@ class GenerationEngine(Protocol):
                  ) -> list[Generation]:
         ...
 
+    def update_weights(self, state) -> float:
+        """Load new weights (HF parameter names -> arrays) without restarting; returns seconds taken."""
+        ...
+
     def close(self) -> None:
         ...
 

@@ -80,5 +80,22 @@ class HFEngine:
             eos = self.tokenizer.eos_token_id
         return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
+    def update_weights(self, state) -> float:
+        """Copy new weights (HF names -> arrays/tensors) into the model in place; returns seconds taken."""
+        import time
+
+        import numpy as np
+
+        torch = self.torch
+        started = time.perf_counter()
+        own = self.model.state_dict()
+        with torch.no_grad():
+            for name, value in state.items():
+                if name not in own:
+                    continue  # e.g. a tied lm_head the model does not hold separately
+                tensor = torch.from_numpy(np.asarray(value)) if isinstance(value, np.ndarray) else value
+                own[name].copy_(tensor.to(own[name].dtype))
+        return time.perf_counter() - started
+
     def close(self) -> None:
         del self.model

@@ -46,3 +46,51 @@ class Generation:
 
     prompt_ids: list[int]
     completions: list[Completion] = field(default_factory=list)
+
+
+@dataclass
+class RolloutBatch:
+    """The one hand-over of an RL step: what was generated, how it was scored, what the trainer optimises.
+
+    Row ``i`` is one sampled response. Rows come in consecutive groups of ``group_size`` responses to the
+    same prompt (GRPO's groups). Lists, not tensors, so the batch pickles cheaply across Ray and the
+    trainer pads it to whatever layout its kernels like.
+    """
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    group_size: int
+    rollout_logprobs: list[list[float]] | None = None  # engine's logprob of each response token
+    truncated: list[bool] = field(default_factory=list)  # response hit max_new_tokens
+    rewards: list[float] = field(default_factory=list)
+    advantages: list[float] = field(default_factory=list)
+    loss_mask: list[bool] = field(default_factory=list)  # False: row takes no part in the loss (e.g. overlong)
+    # R3: top-k expert ids per token (prompt + response) per MoE layer, [tokens, moe_layers, k]; None for dense.
+    routed_experts: list | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.response_ids)
+        if len(self.prompt_ids) != n:
+            raise ValueError(f"RolloutBatch: {len(self.prompt_ids)} prompts for {n} responses")
+        if self.group_size < 1 or n % self.group_size:
+            raise ValueError(f"RolloutBatch: group_size={self.group_size} does not divide {n} rows")
+        for name in ("truncated", "rewards", "advantages", "loss_mask"):
+            values = getattr(self, name)
+            if values and len(values) != n:
+                raise ValueError(f"RolloutBatch.{name}: {len(values)} values for {n} rows")
+        if self.rollout_logprobs is not None:
+            for i, (lp, ids) in enumerate(zip(self.rollout_logprobs, self.response_ids)):
+                if len(lp) != len(ids):
+                    raise ValueError(f"RolloutBatch.rollout_logprobs[{i}]: {len(lp)} values for {len(ids)} tokens")
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+    @property
+    def n_tokens(self) -> int:
+        """Prompt plus response tokens over all rows (what a training forward pass processes)."""
+        return sum(len(p) + len(r) for p, r in zip(self.prompt_ids, self.response_ids))
+
+    @property
+    def n_response_tokens(self) -> int:
+        return sum(len(r) for r in self.response_ids)

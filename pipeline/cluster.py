@@ -1,0 +1,124 @@
+"""Ray: join or start a cluster, and build the actor handles a stage talks to.
+
+The same code runs on a laptop (a local Ray started here) and on a cluster (``RAY_ADDRESS``, ``ray job
+submit``, or ``cluster.address``). Stages get a :class:`RLActors` of handles and never build actors.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import RecipeConfig
+
+log = logging.getLogger("r1.cluster")
+
+
+def connect(cfg: RecipeConfig) -> dict[str, Any]:
+    """Join ``cluster.address`` / ``$RAY_ADDRESS`` if given, else start a local Ray. Idempotent."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    # Actors import this repo's packages; a local cluster's workers inherit the driver's sys.path via
+    # PYTHONPATH (a submitted job gets them from its working_dir instead).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    if address:
+        log.info("joining Ray cluster at %s", address)
+        ray.init(address=address, runtime_env={"env_vars": env}, logging_level=logging.WARNING)
+    else:
+        num_cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, _cpus_needed(cfg))
+        log.info("starting a local Ray cluster (%s logical CPUs)", num_cpus)
+        ray.init(num_cpus=num_cpus, include_dashboard=cfg.cluster.dashboard, runtime_env={"env_vars": env},
+                 logging_level=logging.WARNING, log_to_driver=True)
+    return ray.cluster_resources()
+
+
+def _cpus_needed(cfg: RecipeConfig) -> int:
+    c = cfg.cluster
+    total = c.rollout.num_cpus + c.trainer.num_cpus + c.reward.num_cpus * c.reward_workers
+    if cfg.rl.kl_coef and not cfg.trainer.lora.enabled:
+        total += c.reference.num_cpus
+    return int(total + 0.999)
+
+
+def default_threads(cfg: RecipeConfig) -> int:
+    return cfg.cluster.threads or os.cpu_count() or 1
+
+
+@dataclass
+class RLActors:
+    """Handles of one RL run. ``reference`` is None when no KL term is used or LoRA provides it."""
+
+    rollout: Any
+    trainer: Any
+    rewards: list = field(default_factory=list)
+    reference: Any = None
+    reference_is_trainer: bool = False  # LoRA: the trainer scores with its adapters disabled
+
+    def kill(self) -> None:
+        import ray
+
+        for handle in [self.rollout, self.trainer, self.reference, *self.rewards]:
+            if handle is not None:
+                ray.kill(handle)
+
+
+def trainer_settings(cfg: RecipeConfig, total_optimizer_steps: int | None = None):
+    """The trainer's plain settings from the typed config."""
+    from trainer.settings import LoraSettings, OptimSettings, TrainerSettings
+
+    t = cfg.trainer
+    lora = None
+    if t.lora.enabled:
+        lora = LoraSettings(rank=t.lora.rank, alpha=t.lora.alpha, dropout=t.lora.dropout, targets=t.lora.targets)
+    optim = OptimSettings(lr=t.optim.lr, weight_decay=t.optim.weight_decay, grad_clip=t.optim.grad_clip,
+                          warmup_steps=t.optim.warmup_steps,
+                          total_steps=total_optimizer_steps if t.optim.schedule == "cosine" else None)
+    return TrainerSettings(precision=t.precision, lora=lora, optim=optim, threads=default_threads(cfg),
+                           seed=cfg.run.seed, gradient_checkpointing=t.gradient_checkpointing)
+
+
+def _options(spec, threads: int | None) -> dict:
+    from .actors import worker_env
+
+    return {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus,
+            "runtime_env": {"env_vars": worker_env(threads)}}
+
+
+def build_rl_actors(cfg: RecipeConfig, model_dir: str, *, prefilled_think: bool,
+                    total_optimizer_steps: int | None = None) -> RLActors:
+    """Start the rollout, trainer, (reference) and reward actors of an RL stage and wait until they are up."""
+    import ray
+
+    from .actors import RewardWorker, RolloutWorker
+    from .evaluation import engine_options
+    from trainer.policy import Policy, PolicyTrainer
+
+    connect(cfg)
+    c, threads = cfg.cluster, default_threads(cfg)
+    settings = trainer_settings(cfg, total_optimizer_steps)
+    trainer = ray.remote(PolicyTrainer).options(name=None, **_options(c.trainer, threads)).remote(model_dir, settings)
+    rollout = ray.remote(RolloutWorker).options(**_options(c.rollout, threads)).remote(
+        cfg.rollout.engine, model_dir, engine_options(cfg), threads)
+    items = [item.model_dump() for item in cfg.rewards.items]
+    rewards = [ray.remote(RewardWorker).options(**_options(c.reward, 1)).remote(items, prefilled_think)
+               for _ in range(c.reward_workers)]
+    reference, ref_is_trainer = None, False
+    if cfg.rl.kl_coef:
+        if settings.lora is not None:
+            ref_is_trainer = True
+        else:
+            ref_settings = trainer_settings(cfg)
+            reference = ray.remote(Policy).options(**_options(c.reference, threads)).remote(model_dir, ref_settings)
+    actors = RLActors(rollout=rollout, trainer=trainer, rewards=rewards, reference=reference,
+                      reference_is_trainer=ref_is_trainer)
+    # Surface a failing constructor (bad model dir, out of memory) here, as the error it is.
+    ray.get([rollout.ready.remote(), *[r.ready.remote() for r in rewards]])
+    ray.get(trainer.__ray_ready__.remote())
+    if reference is not None:
+        ray.get(reference.__ray_ready__.remote())
+    return actors

@@ -1,0 +1,85 @@
+"""`r1 reasoning-rl`: wire a config to data, a tokenizer and Ray actors, then run stages.reasoning_rl."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from .config import RecipeConfig, dump_yaml
+
+log = logging.getLogger("r1.rl")
+
+
+def grpo_settings(cfg: RecipeConfig):
+    """The trainer's per-update GRPO knobs from the typed config."""
+    from trainer.settings import GRPOSettings
+
+    r = cfg.rl
+    return GRPOSettings(clip_low=r.clip_low, clip_high=r.clip_high, loss_agg=r.loss_agg, ratio_level=r.ratio_level,
+                        kl_coef=r.kl_coef, kl_kind=r.kl_kind, entropy_coef=r.entropy_coef, tis_cap=r.tis_cap,
+                        temperature=r.temperature, mini_batches=r.mini_batches, epochs=r.epochs,
+                        micro_batch_size=cfg.trainer.micro_batch_size)
+
+
+def build_plan(cfg: RecipeConfig, tokenizer, out_dir: Path, *, prefilled_think: bool):
+    """The stage's plan (data, sampling, knobs) from the config."""
+    from rollout import SamplingSpec
+    from stages.reasoning_rl import RLPlan
+
+    from .data import build_splits
+    from .evaluation import _limit_per_task, eval_sampling
+
+    train, test = build_splits(cfg)
+    if cfg.rl.eval_limit_per_task:
+        test = _limit_per_task(test, cfg.rl.eval_limit_per_task)
+    r = cfg.rl
+    sampling = SamplingSpec(n=r.group_size, temperature=r.temperature, top_p=r.top_p,
+                            max_new_tokens=r.max_new_tokens or cfg.rollout.max_new_tokens, seed=cfg.run.seed)
+    return RLPlan(train=train, test=test, tokenizer=tokenizer, system_prompt=cfg.data.system_prompt, steps=r.steps,
+                  prompts_per_step=r.prompts_per_step, group_size=r.group_size, sampling=sampling,
+                  eval_sampling=eval_sampling(cfg), eval_ks=cfg.eval.k, grpo=grpo_settings(cfg),
+                  advantage_scale=r.advantage_scale, dynamic_sampling=r.dynamic_sampling,
+                  max_refill_rounds=r.max_refill_rounds, overlong_filter=r.overlong_filter, eval_every=r.eval_every,
+                  save_every=r.save_every, keep_checkpoints=r.keep_checkpoints, prefilled_think=prefilled_think,
+                  seed=cfg.run.seed, out_dir=out_dir, extra_manifest={"config_hash": cfg.hash()})
+
+
+def run_reasoning_rl(cfg: RecipeConfig, *, out: str | None = None) -> dict:
+    """Stage 2 end to end: start actors, train (resuming if a checkpoint exists), save the final model."""
+    from transformers import AutoTokenizer
+
+    from stages.reasoning_rl import train
+    from trainer.model_io import resolve_model
+
+    from .cluster import build_rl_actors
+    from .memory import PeakMemory
+    from .prompting import template_prefills_think
+    from .tracking import MetricsLogger
+
+    out_dir = Path(out) if out else cfg.run_dir() / "reasoning_rl"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(dump_yaml(cfg))
+    model_dir = resolve_model(cfg.rl.init_model or cfg.model.name)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prefilled = cfg.rewards.prefilled_think
+    if prefilled == "auto":
+        prefilled = template_prefills_think(tokenizer, cfg.data.system_prompt)
+    plan = build_plan(cfg, tokenizer, out_dir, prefilled_think=prefilled)
+    plan.extra_manifest["init_model"] = model_dir
+    total_updates = cfg.rl.steps * cfg.rl.mini_batches * cfg.rl.epochs
+    log.info("starting actors for %s (%d train prompts, %d held-out)", model_dir, len(plan.train), len(plan.test))
+    actors = build_rl_actors(cfg, model_dir, prefilled_think=prefilled, total_optimizer_steps=total_updates)
+    logger = MetricsLogger(out_dir, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
+                           wandb_project=cfg.logging.wandb_project, run_name=cfg.run.name,
+                           config=cfg.model_dump(mode="json"))
+    mem = PeakMemory()
+    try:
+        with mem:
+            summary = train(actors, plan, logger, on_step=lambda step, m: m.__setitem__("memory/gib", mem.last_gib))
+    finally:
+        logger.close()
+        actors.kill()
+    summary["peak_memory_gib"] = round(mem.peak_gib, 2)
+    (out_dir / "manifest.json").write_text(json.dumps(summary, indent=2))
+    log.info("peak memory (driver + Ray processes, PSS): %.2f GiB", mem.peak_gib)
+    return summary

@@ -1,0 +1,88 @@
+"""Supervised fine-tuning on chat examples (stage 1, cold start; later the SFT of stage 4), against a trainer handle.
+
+Loss on the assistant's tokens only; the chat template is applied once per example
+(:func:`pipeline.prompting.render_sft_pair`). Artifacts under ``out_dir``: ``metrics.jsonl``, ``model/``,
+``manifest.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger("r1.sft")
+
+
+@dataclass
+class SFTPlan:
+    pairs: Sequence[tuple[list[int], list[int]]]  # (prompt ids, target ids)
+    epochs: float
+    batch_size: int
+    micro_batch_size: int
+    seed: int
+    out_dir: Path
+    extra_manifest: dict = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return max(1, math.ceil(len(self.pairs) * self.epochs / self.batch_size))
+
+
+def tokenize_examples(tokenizer, examples: Sequence[dict], max_length: int) -> tuple[list, dict]:
+    """Chat examples -> (prompt, target) id pairs; examples that are malformed or too long are counted, not fatal."""
+    from pipeline.prompting import render_sft_pair
+
+    pairs, skipped = [], {"too_long": 0, "malformed": 0}
+    for i, ex in enumerate(examples):
+        messages = ex.get("messages") if isinstance(ex, dict) else None
+        try:
+            prompt, target = render_sft_pair(tokenizer, messages or [])
+        except (ValueError, KeyError, TypeError) as exc:
+            skipped["malformed"] += 1
+            log.warning("SFT example %s skipped: %s", ex.get("id", i) if isinstance(ex, dict) else i, exc)
+            continue
+        if len(prompt) + len(target) > max_length:
+            skipped["too_long"] += 1
+            continue
+        pairs.append((prompt, target))
+    return pairs, skipped
+
+
+def batches(n_examples: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """Example indices for each step: a fresh seeded shuffle per epoch, consecutive slices of it."""
+    order: list[int] = []
+    epoch = 0
+    while len(order) < steps * batch_size:
+        perm = list(range(n_examples))
+        random.Random(seed * 7919 + epoch).shuffle(perm)
+        order += perm
+        epoch += 1
+    return [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+
+
+def train(trainer, plan: SFTPlan, logger) -> dict:
+    """Run SFT through a trainer actor handle; saves the model dir and a manifest."""
+    import ray
+    from tqdm.auto import tqdm
+
+    if not plan.pairs:
+        raise ValueError("SFT: no usable training examples")
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(batches(len(plan.pairs), plan.batch_size, plan.steps, plan.seed), desc="SFT", unit="step")
+    last = {}
+    for step, idx in enumerate(bar, start=1):
+        prompts = [plan.pairs[i][0] for i in idx]
+        targets = [plan.pairs[i][1] for i in idx]
+        last = ray.get(trainer.train_sft.remote(prompts, targets, micro_batch_size=plan.micro_batch_size))
+        last["tokens_per_second"] = sum(len(p) + len(t) for p, t in zip(prompts, targets)) / last["train_seconds"]
+        logger.log(step, last)
+        bar.set_postfix(loss=f"{last['loss']:.3f}")
+    model_dir = ray.get(trainer.save_pretrained.remote(str(plan.out_dir / "model")))
+    summary = {"steps": plan.steps, "examples": len(plan.pairs), "final_loss": last.get("loss"), "model": model_dir,
+               "complete": True, **plan.extra_manifest}
+    (plan.out_dir / "manifest.json").write_text(json.dumps(summary, indent=2))
+    return summary

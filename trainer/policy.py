@@ -1,0 +1,368 @@
+"""The policy a trainer optimises, and the frozen reference: model loading, logprobs, GRPO/SFT updates.
+
+Plain classes (no Ray): ``pipeline/`` wraps them as actors, tests use them directly.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from rollout.types import RolloutBatch
+
+from . import losses
+from .sequences import PaddedRows, pad_rows, pad_values, response_logprobs, unpad
+from .settings import GRPOSettings, LoraSettings, TrainerSettings
+
+log = logging.getLogger("r1.trainer")
+
+
+def autocast_context(precision: str, device: torch.device):
+    """bf16 autocast (fp32 master weights) or nothing. On CPUs with AVX-512 BF16 this is ~2x faster."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    raise ValueError(f"precision={precision!r}: expected 'bf16' or 'fp32'")
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Policy:
+    """A causal LM that scores responses: per-token logprobs, no optimizer (the frozen reference)."""
+
+    def __init__(self, model_dir: str, settings: TrainerSettings | None = None, *, trainable: bool = False) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.settings = settings or TrainerSettings()
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        torch.manual_seed(self.settings.seed)
+        self.device = _device()
+        self.model_dir = str(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
+            else self.tokenizer.eos_token_id
+        # Master weights stay fp32; bf16 happens inside autocast (optimizer states in bf16 lose updates).
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).to(self.device)
+        if trainable and self.settings.lora is not None:
+            model = _with_lora(model, self.settings.lora)
+        if trainable and self.settings.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.model = model
+        self.model.train(trainable)
+        if not trainable:
+            self.model.requires_grad_(False)
+
+    @property
+    def is_lora(self) -> bool:
+        return self.settings.lora is not None and hasattr(self.model, "disable_adapter")
+
+    def _rows(self, prompts, responses, width=None) -> PaddedRows:
+        rows = pad_rows(prompts, responses, pad_id=self.pad_id, response_width=width)
+        return PaddedRows(*(t.to(self.device) for t in (rows.input_ids, rows.attention_mask, rows.position_ids,
+                                                         rows.response_ids, rows.response_mask)))
+
+    @torch.no_grad()
+    def logprobs(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], *,
+                 temperature: float = 1.0, micro_batch_size: int = 8, disable_adapter: bool = False
+                 ) -> list[list[float]]:
+        """Per-token logprobs of ``responses`` given ``prompts`` (one list per row, unpadded).
+
+        ``disable_adapter`` scores with the LoRA base (the reference model of a LoRA run, for free).
+        """
+        was_training = self.model.training
+        self.model.eval()
+        adapter_off = self.model.disable_adapter() if disable_adapter and self.is_lora else contextlib.nullcontext()
+        out: list[list[float]] = []
+        try:
+            with adapter_off, autocast_context(self.settings.precision, self.device):
+                for start in range(0, len(prompts), micro_batch_size):
+                    rows = self._rows(prompts[start:start + micro_batch_size],
+                                      responses[start:start + micro_batch_size])
+                    logp, _ = response_logprobs(self.model, rows, temperature=temperature)
+                    out += unpad(logp, [len(r) for r in responses[start:start + micro_batch_size]])
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def batch_logprobs(self, batch: RolloutBatch, temperature: float = 1.0, micro_batch_size: int = 8,
+                       disable_adapter: bool = False) -> list[list[float]]:
+        """:meth:`logprobs` of a whole rollout batch (what a reference actor is asked for)."""
+        return self.logprobs(batch.prompt_ids, batch.response_ids, temperature=temperature,
+                             micro_batch_size=micro_batch_size, disable_adapter=disable_adapter)
+
+
+class PolicyTrainer(Policy):
+    """The policy being optimised: AdamW, GRPO updates on rollout batches, SFT updates, weight export."""
+
+    def __init__(self, model_dir: str, settings: TrainerSettings | None = None) -> None:
+        super().__init__(model_dir, settings, trainable=True)
+        o = self.settings.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                           weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.optimizer_steps = 0
+
+    def _lr_factor(self, step: int) -> float:
+        o = self.settings.optim
+        if o.warmup_steps and step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.total_steps:
+            progress = min(1.0, (step - o.warmup_steps) / max(1, o.total_steps - o.warmup_steps))
+            return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    # ---- GRPO ---------------------------------------------------------------------------------------------
+
+    def train_grpo(self, batch: RolloutBatch, settings: GRPOSettings | dict,
+                   ref_logprobs: list[list[float]] | None = None) -> dict[str, float]:
+        """One GRPO update on a scored rollout batch (advantages filled in). Returns metrics.
+
+        ``settings.epochs x settings.mini_batches`` optimizer steps. With a single step, the old policy is
+        the current one (ratio 1, ``old_logp = logp.detach()``) and no extra forward pass is spent.
+        """
+        s = settings if isinstance(settings, GRPOSettings) else GRPOSettings(**settings)
+        started = time.perf_counter()
+        keep = [i for i in range(len(batch)) if not batch.loss_mask or batch.loss_mask[i]]
+        if not keep:
+            return {"rows_trained": 0.0}
+        prompts = [batch.prompt_ids[i] for i in keep]
+        responses = [batch.response_ids[i] for i in keep]
+        adv = torch.tensor([batch.advantages[i] for i in keep], dtype=torch.float32)
+        width = max(1, max(len(r) for r in responses))  # one constant horizon for every micro-batch
+        rollout_lp = pad_values([batch.rollout_logprobs[i] for i in keep], width) \
+            if batch.rollout_logprobs is not None else None
+        ref_lp = pad_values([ref_logprobs[i] for i in keep], width) if ref_logprobs is not None else None
+        n_updates = s.epochs * s.mini_batches
+        old_lp = None
+        if n_updates > 1:
+            old_lp = pad_values(self.logprobs(prompts, responses, temperature=s.temperature,
+                                              micro_batch_size=s.micro_batch_size), width)
+        metrics: dict[str, list[float]] = {}
+        order = list(range(len(keep)))
+        rng = random.Random(self.settings.seed + self.optimizer_steps)
+        self.model.train()
+        for epoch in range(s.epochs):
+            if epoch:
+                rng.shuffle(order)
+            for mini in _split(order, s.mini_batches):
+                step_metrics = self._grpo_minibatch(mini, prompts, responses, adv, width, rollout_lp, old_lp,
+                                                    ref_lp, s, first_pass=epoch == 0)
+                for k, v in step_metrics.items():
+                    metrics.setdefault(k, []).append(v)
+        out = {k: sum(v) / len(v) for k, v in metrics.items()}
+        out.update(rows_trained=float(len(keep)), train_seconds=time.perf_counter() - started,
+                   lr=self.scheduler.get_last_lr()[0], optimizer_steps=float(self.optimizer_steps))
+        return out
+
+    def _grpo_minibatch(self, mini, prompts, responses, adv, width, rollout_lp, old_lp, ref_lp,
+                        s: GRPOSettings, *, first_pass: bool) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        mini_tokens = sum(max(len(responses[i]), 0) for i in mini)
+        sums: dict[str, float] = {}
+        need_entropy = True  # entropy is a logged metric; with a bonus it also carries gradient
+        for micro in _chunks(mini, s.micro_batch_size):
+            rows = self._rows([prompts[i] for i in micro], [responses[i] for i in micro], width)
+            mask = rows.response_mask
+            idx = torch.tensor(micro)
+            with autocast_context(self.settings.precision, self.device):
+                logp, entropy = response_logprobs(self.model, rows, temperature=s.temperature,
+                                                  with_entropy=need_entropy)
+            old = old_lp[idx].to(self.device) if old_lp is not None else logp.detach()
+            weights = None
+            if rollout_lp is not None:
+                r_lp = rollout_lp[idx].to(self.device)
+                if s.tis_cap is not None:
+                    weights = losses.truncated_is_weights(old, r_lp, s.tis_cap)
+                if first_pass:
+                    for k, v in losses.logprob_mismatch(old, r_lp, mask).items():
+                        sums[f"mismatch_{k}"] = sums.get(f"mismatch_{k}", 0.0) + v * float(mask.sum())
+            pg, m = losses.policy_loss(logp, old, adv[idx].to(self.device), mask, clip_low=s.clip_low,
+                                       clip_high=s.clip_high, agg=s.loss_agg, level=s.ratio_level,
+                                       token_weights=weights)
+            loss = pg
+            if ref_lp is not None and s.kl_coef:
+                kl = losses.aggregate(losses.kl_penalty(logp, ref_lp[idx].to(self.device), s.kl_kind), mask,
+                                      s.loss_agg)
+                loss = loss + s.kl_coef * kl
+                sums["kl"] = sums.get("kl", 0.0) + float(kl.detach()) * float(mask.sum())
+            if entropy is not None:
+                ent = losses.aggregate(entropy, mask, s.loss_agg)
+                if s.entropy_coef:
+                    loss = loss - s.entropy_coef * ent
+                sums["entropy"] = sums.get("entropy", 0.0) + float(ent.detach()) * float(mask.sum())
+            share = (float(mask.sum()) / max(mini_tokens, 1)) if s.loss_agg == "token-mean" else len(micro) / len(mini)
+            (loss * share).backward()
+            tokens = float(mask.sum())
+            sums["pg_loss"] = sums.get("pg_loss", 0.0) + float(pg.detach()) * tokens
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + v * tokens
+        grad_norm = self._optimizer_step()
+        out = {k: v / max(mini_tokens, 1) for k, v in sums.items()}
+        out["grad_norm"] = grad_norm
+        return out
+
+    def _optimizer_step(self) -> float:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        clip = self.settings.optim.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip and clip > 0 else float("inf"))
+        if torch.isfinite(norm):
+            self.optimizer.step()
+        else:  # a non-finite gradient would poison the weights and Adam's moments for good: skip the step
+            log.warning("non-finite gradient norm %s: optimizer step skipped", float(norm))
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_steps += 1
+        return float(norm)
+
+    # ---- SFT ----------------------------------------------------------------------------------------------
+
+    def train_sft(self, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], *,
+                  micro_batch_size: int = 8) -> dict[str, float]:
+        """One optimizer step of next-token cross-entropy on ``targets`` given ``prompts`` (token-mean).
+
+        The loss covers target tokens only (the assistant's turn); prompt tokens condition, never train.
+        """
+        started = time.perf_counter()
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total_tokens = sum(len(t) for t in targets)
+        loss_sum = 0.0
+        for micro in _chunks(list(range(len(prompts))), micro_batch_size):
+            rows = self._rows([prompts[i] for i in micro], [targets[i] for i in micro])
+            with autocast_context(self.settings.precision, self.device):
+                logp, _ = response_logprobs(self.model, rows)
+            nll = -(logp * rows.response_mask).sum()
+            (nll / max(total_tokens, 1)).backward()
+            loss_sum += float(nll.detach())
+        grad_norm = self._optimizer_step()
+        return {"loss": loss_sum / max(total_tokens, 1), "grad_norm": grad_norm, "tokens": float(total_tokens),
+                "lr": self.scheduler.get_last_lr()[0], "train_seconds": time.perf_counter() - started}
+
+    # ---- weights out --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def inference_state_dict(self) -> dict[str, "object"]:
+        """HF-named full weights (LoRA merged in) as contiguous fp32 numpy arrays, for an inference engine.
+
+        numpy, not torch: Ray's object store hands numpy arrays to a reader without a copy. Tied weights
+        appear under both names (vLLM and safetensors each want their own tensor).
+        """
+        model = self.model.get_base_model() if self.is_lora else self.model
+        deltas = _lora_deltas(model) if self.is_lora else {}
+        out = {}
+        for name, tensor in model.state_dict().items():
+            if "lora_" in name:
+                continue
+            clean = name.replace(".base_layer.", ".")
+            module = clean.rsplit(".", 1)[0]
+            if clean.endswith(".weight") and module in deltas:
+                tensor = tensor + deltas[module]
+            out[clean] = tensor.detach().float().cpu().contiguous().numpy().copy()
+        if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in out:
+            embed = model.get_input_embeddings().weight
+            out["lm_head.weight"] = embed.detach().float().cpu().numpy().copy()
+        return out
+
+    def save_pretrained(self, out_dir: str | Path) -> str:
+        """An HF model dir (merged weights + tokenizer + config) that vLLM and transformers load directly."""
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        base = self.model.get_base_model() if self.is_lora else self.model
+        base.config.save_pretrained(out_dir)
+        if getattr(base, "generation_config", None) is not None:
+            base.generation_config.save_pretrained(out_dir)
+        state = {k: torch.from_numpy(v) for k, v in self.inference_state_dict().items()}
+        if getattr(base.config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)  # tied: transformers re-ties it on load
+        save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+        self.tokenizer.save_pretrained(out_dir)
+        return str(out_dir)
+
+    # ---- checkpoints --------------------------------------------------------------------------------------
+
+    def save_checkpoint(self, out_dir: str | Path) -> str:
+        """Model dir + optimizer/scheduler/RNG state + (LoRA) adapter: everything :meth:`load_checkpoint` needs."""
+        out_dir = Path(out_dir)
+        self.save_pretrained(out_dir / "model")
+        trainable = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad} \
+            if self.is_lora else None
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "optimizer_steps": self.optimizer_steps, "lora_params": trainable,
+                    "torch_rng": torch.get_rng_state()}, out_dir / "trainer_state.pt")
+        return str(out_dir)
+
+    def load_checkpoint(self, ckpt_dir: str | Path) -> None:
+        """Restore weights, optimizer, scheduler and RNG saved by :meth:`save_checkpoint`."""
+        from safetensors.torch import load_file
+
+        ckpt_dir = Path(ckpt_dir)
+        state = torch.load(ckpt_dir / "trainer_state.pt", map_location="cpu", weights_only=False)
+        if self.is_lora:
+            params = dict(self.model.named_parameters())
+            for name, value in state["lora_params"].items():
+                params[name].data.copy_(value)
+        else:
+            weights = load_file(str(ckpt_dir / "model" / "model.safetensors"))
+            missing, unexpected = self.model.load_state_dict(weights, strict=False)
+            missing = [m for m in missing if m != "lm_head.weight"]  # tied to the embeddings
+            if missing or unexpected:
+                raise RuntimeError(f"checkpoint {ckpt_dir}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.optimizer_steps = int(state["optimizer_steps"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+def _with_lora(model, lora: LoraSettings | dict):
+    from peft import LoraConfig, get_peft_model
+
+    lora = lora if isinstance(lora, LoraSettings) else LoraSettings(**lora)
+    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=lora.targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def _lora_deltas(model) -> dict[str, torch.Tensor]:
+    """Module name -> the weight delta its active LoRA adapters add (B @ A * scale)."""
+    from peft.tuners.lora import LoraLayer
+
+    deltas = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            delta = None
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    d = module.get_delta_weight(adapter)
+                    delta = d if delta is None else delta + d
+            if delta is not None:
+                deltas[name] = delta
+    return deltas
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), max(1, size))]
+
+
+def _split(items: list, parts: int) -> list[list]:
+    """``items`` in ``parts`` near-equal consecutive slices (no empty slice)."""
+    parts = max(1, min(parts, len(items)))
+    base, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for p in range(parts):
+        end = start + base + (1 if p < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out

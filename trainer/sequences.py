@@ -1,0 +1,92 @@
+"""Prompt+response rows -> padded tensors, and per-token logprobs of the responses under a model.
+
+Layout: prompts are left-padded to a common width P and responses right-padded to a common width R, so
+every response starts at column P. The logits that predict response token t sit at column P - 1 + t for
+every row, and a single ``logits_to_keep=R + 1`` asks the model for just those columns: the
+``[batch, seq, vocab]`` logits of the prompt are never materialised (the vocabulary is 49k wide).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass
+class PaddedRows:
+    input_ids: torch.Tensor  # [B, P + R]
+    attention_mask: torch.Tensor  # [B, P + R]
+    position_ids: torch.Tensor  # [B, P + R]: positions restart at each row's first real token
+    response_ids: torch.Tensor  # [B, R]
+    response_mask: torch.Tensor  # [B, R] float, 1 on real response tokens
+
+    @property
+    def response_width(self) -> int:
+        return self.response_ids.shape[1]
+
+
+def pad_rows(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], *, pad_id: int,
+             response_width: int | None = None) -> PaddedRows:
+    """Left-pad prompts, right-pad responses (to ``response_width`` if given, else the longest)."""
+    if len(prompts) != len(responses) or not prompts:
+        raise ValueError(f"pad_rows: {len(prompts)} prompts and {len(responses)} responses")
+    p_width = max(len(p) for p in prompts)
+    r_width = max(max(len(r) for r in responses), 1)
+    if response_width is not None:
+        if response_width < r_width:
+            raise ValueError(f"response_width={response_width} is shorter than a response of {r_width} tokens")
+        r_width = response_width
+    b = len(prompts)
+    input_ids = torch.full((b, p_width + r_width), pad_id, dtype=torch.long)
+    attention = torch.zeros((b, p_width + r_width), dtype=torch.long)
+    response_ids = torch.full((b, r_width), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((b, r_width), dtype=torch.float32)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        if not p:
+            raise ValueError(f"pad_rows: prompt {i} is empty (a response needs a token to condition on)")
+        input_ids[i, p_width - len(p):p_width] = torch.tensor(p, dtype=torch.long)
+        attention[i, p_width - len(p):p_width + len(r)] = 1
+        if r:
+            input_ids[i, p_width:p_width + len(r)] = torch.tensor(r, dtype=torch.long)
+            response_ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+            response_mask[i, :len(r)] = 1.0
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    return PaddedRows(input_ids, attention, position_ids, response_ids, response_mask)
+
+
+def response_logprobs(model, rows: PaddedRows, *, temperature: float = 1.0, with_entropy: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logprob of each response token ``[B, R]`` (and the policy's entropy there, if asked).
+
+    Logits are divided by ``temperature`` first: the engine sampled from the tempered distribution, and
+    importance ratios must compare like with like. Gradients flow unless the caller disables them.
+    """
+    r = rows.response_width
+    out = model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, position_ids=rows.position_ids,
+                logits_to_keep=r + 1, use_cache=False)
+    logits = out.logits[:, :-1, :].float()  # column P-1+t predicts response token t
+    if temperature != 1.0:
+        logits = logits / temperature
+    log_norm = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, rows.response_ids.unsqueeze(-1)).squeeze(-1) - log_norm
+    entropy = None
+    if with_entropy:
+        probs = torch.softmax(logits, dim=-1)
+        entropy = log_norm - (probs * logits).sum(-1)
+    return logp * rows.response_mask, entropy
+
+
+def unpad(values: torch.Tensor, lengths: Sequence[int]) -> list[list[float]]:
+    """``[B, R]`` padded values -> one list per row of its first ``lengths[i]`` values."""
+    rows = values.detach().float().cpu().tolist()
+    return [row[:n] for row, n in zip(rows, lengths)]
+
+
+def pad_values(values: Sequence[Sequence[float]], width: int) -> torch.Tensor:
+    """Ragged per-token values -> ``[B, width]`` float tensor, zero-padded."""
+    out = torch.zeros((len(values), width), dtype=torch.float32)
+    for i, v in enumerate(values):
+        if v:
+            out[i, :len(v)] = torch.tensor(list(v), dtype=torch.float32)
+    return out
