@@ -11,6 +11,8 @@ STAMP  := $(VENV)/.r1-setup-done
 .PHONY: setup quickstart test test-fast clean
 
 setup: $(STAMP)
+	# The code sandbox (sandbox/) isolates model-written code with bubblewrap.
+	command -v bwrap >/dev/null || (apt-get update -qq && apt-get install -y -qq bubblewrap)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

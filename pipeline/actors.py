@@ -51,7 +51,9 @@ class RolloutWorker:
 class RewardWorker:
     """Scores completions with the configured weighted sum of rewards (rule rewards, sandbox, ...)."""
 
-    def __init__(self, items: list[dict], prefilled_think: bool = False) -> None:
+    def __init__(self, items: list[dict], prefilled_think: bool = False, threads: int = 2) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         from rewards import weighted_sum
 
         specs = []
@@ -61,17 +63,19 @@ class RewardWorker:
                 item["options"] = {"prefilled_think": prefilled_think, **item.get("options", {})}
             specs.append(item)
         self.score_fn = weighted_sum(specs)
+        # Threads: our rewards wait on helper processes (math-verify, the code sandbox), not on the GIL.
+        self.pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="reward")
 
     def ready(self) -> bool:
         return True
 
+    def _score_one(self, text: str, sample: Mapping) -> tuple[float, dict]:
+        total, parts = self.score_fn(text, sample)
+        return float(total), {k: (float(v), getattr(v, "reason", "ok")) for k, v in parts.items()}
+
     def score(self, completions: Sequence[str], samples: Sequence[Mapping]) -> list[tuple[float, dict]]:
-        """``(total, {label: (value, reason)})`` per completion; a failing reward scores 0 with a reason."""
-        out = []
-        for text, sample in zip(completions, samples):
-            total, parts = self.score_fn(text, sample)
-            out.append((float(total), {k: (float(v), getattr(v, "reason", "ok")) for k, v in parts.items()}))
-        return out
+        """``(total, {label: (value, reason)})`` per completion, in order; a failing reward scores 0 with a reason."""
+        return list(self.pool.map(self._score_one, completions, samples))
 
 
 def worker_env(threads: int | None) -> dict[str, str]:

@@ -89,11 +89,23 @@ def _options(spec, threads: int | None) -> dict:
             "runtime_env": {"env_vars": worker_env(threads)}}
 
 
+def check_sandbox(cfg: RecipeConfig) -> None:
+    """Code tasks or a code reward need the sandbox: fail now, in one line, if it cannot run here."""
+    uses_code = any(t.name == "code" for t in cfg.data.tasks) or any(i.name == "code" for i in cfg.rewards.items)
+    if uses_code:
+        from sandbox import SandboxConfig, ensure_available
+
+        options = next((i.options for i in cfg.rewards.items if i.name == "code"), {})
+        isolation = options.get("isolation", SandboxConfig().isolation)
+        ensure_available(SandboxConfig(isolation=isolation))
+
+
 def build_rl_actors(cfg: RecipeConfig, model_dir: str, *, prefilled_think: bool,
                     total_optimizer_steps: int | None = None) -> RLActors:
     """Start the rollout, trainer, (reference) and reward actors of an RL stage and wait until they are up."""
     import ray
 
+    check_sandbox(cfg)
     from .actors import RewardWorker, RolloutWorker
     from .evaluation import engine_options
     from trainer.policy import Policy, PolicyTrainer
@@ -105,7 +117,7 @@ def build_rl_actors(cfg: RecipeConfig, model_dir: str, *, prefilled_think: bool,
     rollout = ray.remote(RolloutWorker).options(**_options(c.rollout, threads)).remote(
         cfg.rollout.engine, model_dir, engine_options(cfg), threads)
     items = [item.model_dump() for item in cfg.rewards.items]
-    rewards = [ray.remote(RewardWorker).options(**_options(c.reward, 1)).remote(items, prefilled_think)
+    rewards = [ray.remote(RewardWorker).options(**_options(c.reward, 1)).remote(items, prefilled_think, threads)
                for _ in range(c.reward_workers)]
     reference, ref_is_trainer = None, False
     if cfg.rl.kl_coef:

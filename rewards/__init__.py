@@ -10,6 +10,7 @@ from rewards.countdown import countdown_reward
 from rewards.instruction import instruction_reward
 from rewards.language import language_consistency_reward
 from rewards.length import overlong_penalty
+from rewards.code import code_reward, extract_code
 from rewards.correctness import correctness_reward
 from rewards.registry import RewardSpec, register, resolve, weighted_sum
 
@@ -23,6 +24,8 @@ __all__ = [
     "language_consistency_reward",
     "overlong_penalty",
     "correctness_reward",
+    "code_reward",
+    "extract_code",
     "register",
     "resolve",
     "RewardSpec",

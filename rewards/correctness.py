@@ -18,8 +18,9 @@ def correctness_reward(completion: str, sample: Mapping[str, Any], *, timeout_s:
     """1.0 iff the completion is correct by the reward named in ``sample.get("verifier", "accuracy")``.
 
     ``accuracy`` (math, with ``timeout_s``), ``countdown`` and ``instruction`` (correct = every constraint
-    satisfied) are built in; any other name is looked up among registered rewards (e.g. a future
-    ``code``) and called without options. Sample data never names a module to import. Unknown names
+    satisfied) are built in; any other name is looked up among registered rewards (e.g. ``code``:
+    :func:`rewards.code.code_reward`, the sample's ``tests`` run in the sandbox, pass fraction) and
+    called without options. Sample data never names a module to import. Unknown names
     give 0.0 with reason ``unknown_verifier:<name>``; otherwise the verifier's own reason is kept.
     """
     from rewards.registry import registered  # the registry imports this module

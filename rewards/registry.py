@@ -16,6 +16,7 @@ from typing import Any, Union
 
 from rewards.accuracy import accuracy_reward
 from rewards.base import Reward, reason_of
+from rewards.code import code_reward
 from rewards.correctness import correctness_reward
 from rewards.countdown import countdown_reward
 from rewards.format import format_reward
@@ -36,6 +37,7 @@ _REGISTRY: dict[str, RewardFn] = {
     "language_consistency": language_consistency_reward,
     "overlong": overlong_penalty,
     "correctness": correctness_reward,
+    "code": code_reward,
 }
 
 

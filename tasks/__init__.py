@@ -10,6 +10,7 @@ Samples follow tasks/schema.md, the contract with ``rewards/``. Typical use::
     mine = tasks.load_samples("data/my.jsonl", prompt_field="q", answer_field="a")
 """
 from .arithmetic import generate_arithmetic
+from .code import generate_code
 from .countdown import generate_countdown
 from .demonstrations import format_r1_response, make_demonstration, make_demonstrations
 from .instruction import describe_constraint, generate_instruction
@@ -30,6 +31,7 @@ __all__ = [
     "describe_constraint",
     "format_r1_response",
     "generate_arithmetic",
+    "generate_code",
     "generate_countdown",
     "generate_instruction",
     "generate_linear_equation",

@@ -21,8 +21,9 @@ def format_r1_response(steps: str, answer: str) -> str:
 
 
 def demonstration_answer(sample: Mapping[str, Any]) -> str:
-    """What goes in the answer block: the reference response for instruction tasks, else ``answer``."""
-    field = "reference_response" if sample.get("verifier") == "instruction" else "answer"
+    """What goes in the answer block: the reference response for instruction and code tasks (for code, the
+    reference solution in a fenced python block), else ``answer``."""
+    field = "reference_response" if sample.get("verifier") in ("instruction", "code") else "answer"
     value = sample.get(field)
     if value is None or str(value).strip() == "":
         raise ValueError(f"sample {sample.get('id', '?')}: no {field!r} to put in the answer block")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .arithmetic import generate_arithmetic
+from .code import generate_code
 from .countdown import generate_countdown
 from .instruction import generate_instruction
 from .linear_equation import generate_linear_equation
@@ -22,6 +23,7 @@ TASKS: dict[str, Generator] = {
     "countdown": generate_countdown,
     "linear_equation": generate_linear_equation,
     "instruction": generate_instruction,
+    "code": generate_code,
 }
 
 

@@ -74,7 +74,7 @@ def test_unknown_name_is_one_clear_line():
         resolve("acuracy")
     message = str(info.value)
     assert "\n" not in message
-    assert "'acuracy'" in message and "accuracy, correctness, countdown, format" in message
+    assert "'acuracy'" in message and "accuracy, code, correctness, countdown, format" in message
 
 
 def test_user_function_paths(user_module):
@@ -222,17 +222,17 @@ def test_correctness_for_instructions_needs_every_constraint():
     assert correctness_reward("<answer>one</answer>", sample) == 1.0
 
 
-@pytest.mark.parametrize("verifier", ["code", "correctness", "format", "os:system", "my_user_rewards:brevity"])
+@pytest.mark.parametrize("verifier", ["sql", "correctness", "format", "os:system", "my_user_rewards:brevity"])
 def test_correctness_refuses_unknown_and_unsuitable_verifiers(verifier, user_module):
     r = correctness_reward(GOOD, {"verifier": verifier, "answer": "4"})
     assert (float(r), r.reason) == (0.0, f"unknown_verifier:{verifier}")
 
 
 def test_correctness_uses_a_registered_user_verifier(private_registry):
-    @register("code")
-    def fake_code(completion, sample):
+    @register("printing")
+    def fake_checker(completion, sample):
         return 1.0 if "print" in completion else 0.0
 
-    r = correctness_reward("<answer>print(1)</answer>", {"verifier": "code"})
+    r = correctness_reward("<answer>print(1)</answer>", {"verifier": "printing"})
     assert isinstance(r, Reward) and (float(r), r.reason) == (1.0, "ok")
-    assert correctness_reward("<answer>nothing</answer>", {"verifier": "code"}) == 0.0
+    assert correctness_reward("<answer>nothing</answer>", {"verifier": "printing"}) == 0.0
