@@ -40,13 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="JSONL/Parquet to evaluate (default: the config's held-out split)")
     ev.add_argument("--out", help="output dir (default: runs/<name>/eval/<label>)")
     ev.add_argument("--label", default=None, help="name of this evaluation (default: the model dir's name)")
-    cs = sub.add_parser("cold-start", help="stage 1: SFT on R1-format demonstrations, then a held-out eval")
-    _add_config_args(cs)
-    cs.add_argument("--out", help="output dir (default: runs/<name>/cold_start)")
 
-    rl = sub.add_parser("reasoning-rl", help="stage 2: GRPO with rule rewards on Ray actors (resumes if interrupted)")
-    _add_config_args(rl)
-    rl.add_argument("--out", help="output dir (default: runs/<name>/reasoning_rl)")
+    stages = {"cold-start": ("stage 1: SFT on R1-format demonstrations, then a held-out eval", "cold_start"),
+              "reasoning-rl": ("stage 2: GRPO with rule rewards on Ray actors (resumes if interrupted)",
+                               "reasoning_rl")}
+    for command, (help_text, folder) in stages.items():
+        stage = sub.add_parser(command, help=help_text)
+        _add_config_args(stage)
+        stage.add_argument("--out", help=f"output dir (default: runs/<name>/{folder})")
     return parser
 
 

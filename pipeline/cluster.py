@@ -79,7 +79,8 @@ def trainer_settings(cfg: RecipeConfig, total_optimizer_steps: int | None = None
                           warmup_steps=t.optim.warmup_steps,
                           total_steps=total_optimizer_steps if t.optim.schedule == "cosine" else None)
     return TrainerSettings(precision=t.precision, lora=lora, optim=optim, threads=default_threads(cfg),
-                           seed=cfg.run.seed, gradient_checkpointing=t.gradient_checkpointing)
+                           seed=cfg.run.seed, gradient_checkpointing=t.gradient_checkpointing,
+                           shared_prefix=t.shared_prefix)
 
 
 def _options(spec, threads: int | None) -> dict:

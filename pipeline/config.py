@@ -171,6 +171,7 @@ class TrainerConfig(_Strict):
     precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16 = fp32 master weights, bf16 autocast")
     micro_batch_size: int = Field(8, ge=1, description="rows per forward/backward pass")
     gradient_checkpointing: bool = False
+    shared_prefix: bool = Field(True, description="a group's responses share one forward pass of their prompt")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
 

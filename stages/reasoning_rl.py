@@ -285,6 +285,12 @@ def run_eval(actors, plan: RLPlan, step: int) -> dict[str, float]:
     return flat
 
 
+def _rows(logger) -> list[dict]:
+    from pipeline.tracking import read_metrics
+
+    return read_metrics(logger.path) if logger.path.exists() else []
+
+
 def train(actors, plan: RLPlan, logger, *, on_step: Callable[[int, dict], None] | None = None) -> dict:
     """Run (or resume) the GRPO loop; returns a summary. Resumes from the newest checkpoint in ``out_dir``."""
     import ray
@@ -302,8 +308,13 @@ def train(actors, plan: RLPlan, logger, *, on_step: Callable[[int, dict], None] 
         dropped = logger.truncate_after(start)
         log.info("resumed from %s (step %d, data position %d; %d later metric lines dropped)",
                  ckpt, start, stream.position, dropped)
-    if start == 0 and not (plan.out_dir / "eval" / "step_00000" / "eval.json").exists():
-        logger.log(0, run_eval(actors, plan, 0))
+    if start == 0:
+        # A fresh start keeps only a finished step-0 eval from an earlier attempt, never its later lines.
+        have_eval0 = (plan.out_dir / "eval" / "step_00000" / "eval.json").exists() and any(
+            r.get("step") == 0 for r in _rows(logger))
+        logger.truncate_after(0 if have_eval0 else -1)
+        if not have_eval0:
+            logger.log(0, run_eval(actors, plan, 0))
     bar = tqdm(total=plan.steps, initial=start, desc="reasoning RL", unit="step")
     last_eval = None
     for step in range(start + 1, plan.steps + 1):

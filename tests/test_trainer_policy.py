@@ -152,3 +152,21 @@ def test_checkpoint_round_trip_continues_identically(tiny_model_dir, tmp_path, l
     reloaded = Policy(str(tmp_path / "ckpt" / "model"), TrainerSettings(precision="fp32"))
     for got, want in zip(reloaded.logprobs(PROMPTS, RESPONSES), at_save):
         assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_shared_prefix_forward_equals_the_padded_one_in_values_and_gradients(tiny_model_dir):
+    # Rows 0-2 share a prompt, 3-4 share another; responses of different lengths (one of a single token).
+    prompts = [PROMPTS[0]] * 3 + [PROMPTS[2]] * 2
+    responses = [RESPONSES[0], RESPONSES[2], [30], RESPONSES[1], RESPONSES[0]]
+    grads, values = [], []
+    for shared in (True, False):
+        trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32", shared_prefix=shared))
+        logp, entropy, mask = trainer._forward(prompts, responses, width=6, temperature=0.8, with_entropy="grad")
+        (logp.sum() + entropy.mul(mask).sum()).backward()
+        values.append((logp.detach(), (entropy * mask).detach()))
+        grads.append({n: p.grad.clone() for n, p in trainer.model.named_parameters()})
+    assert torch.allclose(values[0][0], values[1][0], atol=1e-5)
+    assert torch.allclose(values[0][1], values[1][1], atol=1e-4)
+    for name in grads[0]:
+        diff = (grads[0][name] - grads[1][name]).abs().max()
+        assert diff <= 1e-4 * grads[1][name].abs().max() + 1e-6, (name, float(diff))

@@ -17,7 +17,7 @@ import torch
 from rollout.types import RolloutBatch
 
 from . import losses
-from .sequences import PaddedRows, pad_rows, pad_values, response_logprobs, unpad
+from .sequences import PaddedRows, pad_rows, pad_values, response_logprobs, shared_prefix_logprobs, unpad
 from .settings import GRPOSettings, LoraSettings, TrainerSettings
 
 log = logging.getLogger("r1.trainer")
@@ -71,6 +71,15 @@ class Policy:
         return PaddedRows(*(t.to(self.device) for t in (rows.input_ids, rows.attention_mask, rows.position_ids,
                                                          rows.response_ids, rows.response_mask)))
 
+    def _forward(self, prompts, responses, *, width=None, temperature=1.0, with_entropy=False):
+        """``(logp, entropy, mask)`` of the responses; rows sharing a prompt share its forward pass."""
+        if self.settings.shared_prefix and len({tuple(p) for p in prompts}) < len(prompts):
+            return shared_prefix_logprobs(self.model, prompts, responses, pad_id=self.pad_id, response_width=width,
+                                          temperature=temperature, with_entropy=with_entropy)
+        rows = self._rows(prompts, responses, width)
+        logp, entropy = response_logprobs(self.model, rows, temperature=temperature, with_entropy=with_entropy)
+        return logp, entropy, rows.response_mask
+
     @torch.no_grad()
     def logprobs(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], *,
                  temperature: float = 1.0, micro_batch_size: int = 8, disable_adapter: bool = False
@@ -86,9 +95,8 @@ class Policy:
         try:
             with adapter_off, autocast_context(self.settings.precision, self.device):
                 for start in range(0, len(prompts), micro_batch_size):
-                    rows = self._rows(prompts[start:start + micro_batch_size],
-                                      responses[start:start + micro_batch_size])
-                    logp, _ = response_logprobs(self.model, rows, temperature=temperature)
+                    logp, _, _ = self._forward(prompts[start:start + micro_batch_size],
+                                               responses[start:start + micro_batch_size], temperature=temperature)
                     out += unpad(logp, [len(r) for r in responses[start:start + micro_batch_size]])
         finally:
             self.model.train(was_training)
@@ -170,14 +178,13 @@ class PolicyTrainer(Policy):
         self.optimizer.zero_grad(set_to_none=True)
         mini_tokens = sum(max(len(responses[i]), 0) for i in mini)
         sums: dict[str, float] = {}
-        need_entropy = True  # entropy is a logged metric; with a bonus it also carries gradient
+        # Entropy is always logged; only with a bonus does it need the autograd graph.
+        need_entropy = "grad" if s.entropy_coef else True
         for micro in _chunks(mini, s.micro_batch_size):
-            rows = self._rows([prompts[i] for i in micro], [responses[i] for i in micro], width)
-            mask = rows.response_mask
             idx = torch.tensor(micro)
             with autocast_context(self.settings.precision, self.device):
-                logp, entropy = response_logprobs(self.model, rows, temperature=s.temperature,
-                                                  with_entropy=need_entropy)
+                logp, entropy, mask = self._forward([prompts[i] for i in micro], [responses[i] for i in micro],
+                                                    width=width, temperature=s.temperature, with_entropy=need_entropy)
             old = old_lp[idx].to(self.device) if old_lp is not None else logp.detach()
             weights = None
             if rollout_lp is not None:

@@ -70,11 +70,20 @@ def response_logprobs(model, rows: PaddedRows, *, temperature: float = 1.0, with
         logits = logits / temperature
     log_norm = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, rows.response_ids.unsqueeze(-1)).squeeze(-1) - log_norm
-    entropy = None
-    if with_entropy:
-        probs = torch.softmax(logits, dim=-1)
-        entropy = log_norm - (probs * logits).sum(-1)
+    entropy = _entropy(logits, log_norm, with_entropy)
     return logp * rows.response_mask, entropy
+
+
+def _entropy(logits: torch.Tensor, log_norm: torch.Tensor, mode) -> torch.Tensor | None:
+    """Entropy of the softmax over the vocabulary per position. ``mode``: False (skip), ``"grad"`` (part of
+    the loss: keeps the graph), anything else true (a metric: computed without the graph, which would hold
+    two more ``[batch, len, vocab]`` fp32 tensors until the step ends)."""
+    if not mode:
+        return None
+    if mode == "grad":
+        return log_norm - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    with torch.no_grad():
+        return log_norm.detach() - (torch.softmax(logits.detach(), dim=-1) * logits.detach()).sum(-1)
 
 
 def unpad(values: torch.Tensor, lengths: Sequence[int]) -> list[list[float]]:
@@ -90,3 +99,45 @@ def pad_values(values: Sequence[Sequence[float]], width: int) -> torch.Tensor:
         if v:
             out[i, :len(v)] = torch.tensor(list(v), dtype=torch.float32)
     return out
+
+
+def shared_prefix_logprobs(model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], *,
+                           pad_id: int, response_width: int | None = None, temperature: float = 1.0,
+                           with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """:func:`response_logprobs` for rows that share prompts (a GRPO group): each distinct prompt runs once.
+
+    The prompt's forward pass yields its KV cache and the logits of the first response token; the cache is
+    fanned out to the rows that share the prompt (an index select, so gradients of every row flow back
+    into the one shared prompt computation) and the responses run on top of it. With 8 samples per prompt
+    and prompts as long as responses this skips ~45% of the training FLOPs. Returns
+    ``(logp [N, R], entropy or None, response_mask [N, R])``.
+    """
+    keys: dict[tuple, int] = {}
+    row_prompt = [keys.setdefault(tuple(p), len(keys)) for p in prompts]
+    unique = [list(k) for k in keys]
+    device = next(model.parameters()).device
+    head = pad_rows(unique, [[]] * len(unique), pad_id=pad_id, response_width=1)  # prompts only, left-padded
+    p_width = head.input_ids.shape[1] - 1
+    p_ids, p_mask, p_pos = (t[:, :p_width].to(device) for t in (head.input_ids, head.attention_mask, head.position_ids))
+    tail = pad_rows([[pad_id]] * len(responses), responses, pad_id=pad_id, response_width=response_width)
+    r_ids, r_mask = tail.response_ids.to(device), tail.response_mask.to(device)
+    r = r_ids.shape[1]
+    index = torch.tensor(row_prompt, device=device)
+    out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True, logits_to_keep=1)
+    logits = out.logits[:, -1:, :].index_select(0, index)  # predicts response token 0, per row
+    if r > 1:
+        cache = out.past_key_values
+        cache.batch_select_indices(index)
+        prompt_len = p_mask.sum(-1).index_select(0, index)
+        attention = torch.cat([p_mask.index_select(0, index), r_mask[:, :-1].long()], dim=1)
+        positions = prompt_len.unsqueeze(1) + torch.arange(r - 1, device=device).unsqueeze(0)
+        rest = model(input_ids=r_ids[:, :-1], attention_mask=attention, position_ids=positions,
+                     past_key_values=cache, use_cache=True)
+        logits = torch.cat([logits, rest.logits], dim=1)
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    log_norm = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, r_ids.unsqueeze(-1)).squeeze(-1) - log_norm
+    entropy = _entropy(logits, log_norm, with_entropy)
+    return logp * r_mask, entropy, r_mask

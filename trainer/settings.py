@@ -56,3 +56,4 @@ class TrainerSettings:
     threads: int | None = None  # torch intra-op threads (None: leave torch's default)
     seed: int = 0
     gradient_checkpointing: bool = False
+    shared_prefix: bool = True  # rows with the same prompt (a GRPO group) share the prompt's forward pass
