@@ -90,6 +90,17 @@ def _options(spec, threads: int | None) -> dict:
             "runtime_env": {"env_vars": worker_env(threads)}}
 
 
+def start_trainer(cfg: RecipeConfig, model_dir: str, settings):
+    """A ``PolicyTrainer`` actor with the config's trainer resources (used by the RL and SFT stages)."""
+    import ray
+
+    from trainer.policy import PolicyTrainer
+
+    connect(cfg)
+    options = _options(cfg.cluster.trainer, default_threads(cfg))
+    return ray.remote(PolicyTrainer).options(**options).remote(model_dir, settings)
+
+
 def check_sandbox(cfg: RecipeConfig) -> None:
     """Code tasks or a code reward need the sandbox: fail now, in one line, if it cannot run here."""
     uses_code = any(t.name == "code" for t in cfg.data.tasks) or any(i.name == "code" for i in cfg.rewards.items)
@@ -109,12 +120,12 @@ def build_rl_actors(cfg: RecipeConfig, model_dir: str, *, prefilled_think: bool,
     check_sandbox(cfg)
     from .actors import RewardWorker, RolloutWorker
     from .evaluation import engine_options
-    from trainer.policy import Policy, PolicyTrainer
+    from trainer.policy import Policy
 
     connect(cfg)
     c, threads = cfg.cluster, default_threads(cfg)
     settings = trainer_settings(cfg, total_optimizer_steps)
-    trainer = ray.remote(PolicyTrainer).options(name=None, **_options(c.trainer, threads)).remote(model_dir, settings)
+    trainer = start_trainer(cfg, model_dir, settings)
     rollout = ray.remote(RolloutWorker).options(**_options(c.rollout, threads)).remote(
         cfg.rollout.engine, model_dir, engine_options(cfg), threads)
     items = [item.model_dump() for item in cfg.rewards.items]

@@ -18,7 +18,7 @@ def run_cold_start(cfg: RecipeConfig, *, out: str | None = None) -> dict:
     from tasks import make_demonstration
     from trainer.model_io import resolve_model
 
-    from .cluster import _options, connect, default_threads, trainer_settings
+    from .cluster import start_trainer, trainer_settings
     from .data import build_splits
     from .tracking import MetricsLogger
 
@@ -46,11 +46,7 @@ def run_cold_start(cfg: RecipeConfig, *, out: str | None = None) -> dict:
                                    "config_hash": cfg.hash()})
     settings = trainer_settings(cfg, plan.steps)
     settings.optim.lr = c.lr
-    connect(cfg)
-    from trainer.policy import PolicyTrainer
-
-    threads = default_threads(cfg)
-    trainer = ray.remote(PolicyTrainer).options(**_options(cfg.cluster.trainer, threads)).remote(model_dir, settings)
+    trainer = start_trainer(cfg, model_dir, settings)
     logger = MetricsLogger(out_dir, tensorboard=cfg.logging.tensorboard, run_name=f"{cfg.run.name}-cold-start")
     try:
         summary = train(trainer, plan, logger)

@@ -65,13 +65,23 @@ def response_logprobs(model, rows: PaddedRows, *, temperature: float = 1.0, with
     r = rows.response_width
     out = model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, position_ids=rows.position_ids,
                 logits_to_keep=r + 1, use_cache=False)
-    logits = out.logits[:, :-1, :].float()  # column P-1+t predicts response token t
+    # Column P-1+t predicts response token t.
+    logp, entropy = token_logprobs(out.logits[:, :-1, :], rows.response_ids, temperature, with_entropy)
+    return logp * rows.response_mask, entropy
+
+
+def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float, with_entropy
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logprob of ``token_ids`` under ``logits / temperature`` ``[B, R]``, in fp32, and the entropy if asked.
+
+    logsumexp + gather instead of a full log_softmax: no second ``[B, R, vocab]`` tensor.
+    """
+    logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
     log_norm = torch.logsumexp(logits, dim=-1)
-    logp = logits.gather(-1, rows.response_ids.unsqueeze(-1)).squeeze(-1) - log_norm
-    entropy = _entropy(logits, log_norm, with_entropy)
-    return logp * rows.response_mask, entropy
+    logp = logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1) - log_norm
+    return logp, _entropy(logits, log_norm, with_entropy)
 
 
 def _entropy(logits: torch.Tensor, log_norm: torch.Tensor, mode) -> torch.Tensor | None:
@@ -134,10 +144,5 @@ def shared_prefix_logprobs(model, prompts: Sequence[Sequence[int]], responses: S
         rest = model(input_ids=r_ids[:, :-1], attention_mask=attention, position_ids=positions,
                      past_key_values=cache, use_cache=True)
         logits = torch.cat([logits, rest.logits], dim=1)
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    log_norm = torch.logsumexp(logits, dim=-1)
-    logp = logits.gather(-1, r_ids.unsqueeze(-1)).squeeze(-1) - log_norm
-    entropy = _entropy(logits, log_norm, with_entropy)
+    logp, entropy = token_logprobs(logits, r_ids, temperature, with_entropy)
     return logp * r_mask, entropy, r_mask
