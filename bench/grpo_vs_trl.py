@@ -130,7 +130,7 @@ def run_trl(cfg, samples: list[dict], steps: int, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "configs" / "grpo_demo.yaml"))
     ap.add_argument("--steps", type=int, default=3, help="steps per side; the first is an untimed warm-up")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--group", type=int, default=8)

@@ -41,14 +41,37 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output dir (default: runs/<name>/eval/<label>)")
     ev.add_argument("--label", default=None, help="name of this evaluation (default: the model dir's name)")
 
-    stages = {"cold-start": ("stage 1: SFT on R1-format demonstrations, then a held-out eval", "cold_start"),
-              "reasoning-rl": ("stage 2: GRPO with rule rewards on Ray actors (resumes if interrupted)",
-                               "reasoning_rl")}
-    for command, (help_text, folder) in stages.items():
+    for command, (help_text, folder) in STAGE_COMMANDS.items():
         stage = sub.add_parser(command, help=help_text)
         _add_config_args(stage)
         stage.add_argument("--out", help=f"output dir (default: runs/<name>/{folder})")
+
+    from .recipe import STAGE_NAMES
+
+    run = sub.add_parser("run", help="the whole recipe in order, with an eval after every stage; skips stages "
+                                     "already complete for the same config and inputs, resumes interrupted ones")
+    _add_config_args(run)
+    run.add_argument("--from", dest="start", choices=STAGE_NAMES, help="first stage to run")
+    run.add_argument("--until", choices=STAGE_NAMES, help="last stage to run")
+    run.add_argument("--no-report", action="store_true", help="do not write runs/<name>/report at the end")
+
+    rep = sub.add_parser("report", help="Markdown + PNG report of a recipe run (table, curves, eval by stage)")
+    rep.add_argument("run_dir", help="runs/<name>")
+    rep.add_argument("--out", help="output dir (default: <run_dir>/report)")
     return parser
+
+
+STAGE_COMMANDS = {
+    "cold-start": ("stage 1: SFT on R1-format demonstrations, then a held-out eval", "cold_start"),
+    "reasoning-rl": ("stage 2: GRPO with rule rewards on Ray actors (resumes if interrupted)", "reasoning_rl"),
+    "rejection-sample": ("stage 3: sample the RL model, keep verified and clean completions, add non-reasoning "
+                         "data", "rejection_sample"),
+    "sft": ("stage 4: SFT of the base model on the rejection-sampled data", "sft"),
+    "reward-model": ("stage 5a: Bradley-Terry reward model on preference pairs", "reward_model"),
+    "general-rl": ("stage 5b: GRPO on reasoning + general prompts (rule rewards, reward model)", "general_rl"),
+    "distill": ("stage 6: SFT of a smaller student on the final model's verified samples", "distill"),
+    "student-rl": ("the same student trained by reasoning RL alone (the paper's comparison)", "student_rl"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "report":
+            return _report(args)
         cfg = load_config(args.config, args.overrides)
         return COMMANDS[args.command](cfg, args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
@@ -104,7 +129,70 @@ def _cold_start(cfg, args) -> int:
 def _reasoning_rl(cfg, args) -> int:
     from .rl import run_reasoning_rl
 
-    summary = run_reasoning_rl(cfg, out=args.out)
+    return _print_rl(run_reasoning_rl(cfg, out=args.out))
+
+
+def _general_rl(cfg, args) -> int:
+    from .rl import run_general_rl
+
+    return _print_rl(run_general_rl(cfg, out=args.out))
+
+
+def _student_rl(cfg, args) -> int:
+    from .distill import run_student_rl
+
+    return _print_rl(run_student_rl(cfg, out=args.out))
+
+
+def _rejection_sample(cfg, args) -> int:
+    from .rejection import run_rejection_sample
+
+    summary = run_rejection_sample(cfg, out=args.out)
+    print(f"data: {summary['data']} ({summary['rows']} rows, acceptance {summary['acceptance_rate']:.3f})")
+    return 0
+
+
+def _sft(cfg, args) -> int:
+    from .sft import run_sft_stage
+
+    print(f"model: {run_sft_stage(cfg, out=args.out)['model']}")
+    return 0
+
+
+def _reward_model(cfg, args) -> int:
+    from .reward_model import run_reward_model
+
+    summary = run_reward_model(cfg, out=args.out)
+    print(f"model: {summary['reward_model']} (held-out pair accuracy {summary['eval_accuracy']:.3f})")
+    return 0
+
+
+def _distill(cfg, args) -> int:
+    from .distill import run_distill
+
+    print(f"model: {run_distill(cfg, out=args.out)['model']}")
+    return 0
+
+
+def _run(cfg, args) -> int:
+    from .recipe import run_recipe
+
+    run_recipe(cfg, start=args.start, until=args.until)
+    if not args.no_report:
+        from .report import write_report
+
+        print(f"report: {write_report(cfg.run_dir())}")
+    return 0
+
+
+def _report(args) -> int:
+    from .report import write_report
+
+    print(f"report: {write_report(args.run_dir, args.out)}")
+    return 0
+
+
+def _print_rl(summary: dict) -> int:
     print(f"model: {summary['model']}")
     if summary.get("final_eval"):
         e = summary["final_eval"]
@@ -114,7 +202,9 @@ def _reasoning_rl(cfg, args) -> int:
 
 
 COMMANDS = {"config": _config, "prepare-model": _prepare_model, "make-data": _make_data, "eval": _eval,
-            "cold-start": _cold_start, "reasoning-rl": _reasoning_rl}
+            "cold-start": _cold_start, "reasoning-rl": _reasoning_rl, "rejection-sample": _rejection_sample,
+            "sft": _sft, "reward-model": _reward_model, "general-rl": _general_rl, "distill": _distill,
+            "student-rl": _student_rl, "run": _run}
 
 
 if __name__ == "__main__":

@@ -90,15 +90,17 @@ def _options(spec, threads: int | None) -> dict:
             "runtime_env": {"env_vars": worker_env(threads)}}
 
 
-def start_trainer(cfg: RecipeConfig, model_dir: str, settings):
-    """A ``PolicyTrainer`` actor with the config's trainer resources (used by the RL and SFT stages)."""
+def start_trainer(cfg: RecipeConfig, model_dir: str, settings, cls=None):
+    """A trainer actor (``PolicyTrainer`` unless ``cls`` is given, e.g. the reward-model trainer) with the
+    config's trainer resources (used by the RL, SFT and reward-model stages)."""
     import ray
 
-    from trainer.policy import PolicyTrainer
+    if cls is None:
+        from trainer.policy import PolicyTrainer as cls
 
     connect(cfg)
     options = _options(cfg.cluster.trainer, default_threads(cfg))
-    return ray.remote(PolicyTrainer).options(**options).remote(model_dir, settings)
+    return ray.remote(cls).options(**options).remote(model_dir, settings)
 
 
 def check_sandbox(cfg: RecipeConfig) -> None:

@@ -93,6 +93,8 @@ class RewardItem(_Strict):
     name: str = Field(description="registry name (format, accuracy, correctness, ...) or module:function")
     weight: float = 1.0
     options: dict[str, Any] = Field(default_factory=dict)
+    tasks: list[str] | None = Field(None, description="score only samples of these tasks (others: 0, "
+                                    "reason not_applicable); default: every task")
 
     @model_validator(mode="after")
     def _resolvable(self) -> "RewardItem":
@@ -202,6 +204,8 @@ class RLConfig(_Strict):
     mini_batches: int = Field(1, ge=1)
     epochs: int = Field(1, ge=1)
     eval_every: int = Field(10, ge=0, description="held-out eval every N steps (0: only before and after)")
+    eval_at_ends: bool = Field(True, description="held-out evals before the first and after the last step "
+                               "(`r1 run` evaluates every stage's model anyway)")
     eval_limit_per_task: int | None = Field(None, ge=1)
     save_every: int = Field(5, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
@@ -225,7 +229,75 @@ class SFTConfig(_Strict):
     batch_size: int = Field(8, ge=1, description="examples per optimizer step")
     max_length: int = Field(1024, ge=8, description="longer examples are skipped (and counted)")
     lr: float = Field(5e-5, gt=0)
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (a rerun resumes); 0 = none")
+    packing: bool = Field(False, description="lay examples end to end in rows of max_length tokens (each "
+                          "attends only to itself) instead of padding them")
     eval: bool = Field(True, description="held-out eval of the result")
+
+
+class RejectionConfig(_Strict):
+    """Stage 3: sample the RL model on training prompts, keep verified-correct, clean chains of thought."""
+
+    init_model: str | None = Field(None, description="model to sample (default: the reasoning_rl stage's model)")
+    prompts: int | None = Field(None, ge=1, description="reasoning prompts to sample (default: every train prompt)")
+    n_samples: int = Field(4, ge=1, description="completions per prompt")
+    temperature: float = Field(0.8, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int | None = Field(None, ge=1, description="default: rollout.max_new_tokens")
+    max_per_prompt: int = Field(2, ge=1, description="kept completions per prompt, after dedup")
+    min_language_consistency: float = Field(1.0, ge=0, le=1)
+    max_paragraph_chars: int = Field(1200, ge=1)
+    max_repeated_ngram_fraction: float = Field(0.3, ge=0, le=1)
+    allow_code_blocks: bool = Field(False, description="code fences in non-code answers are kept")
+    non_reasoning_tasks: list[str] = Field(default_factory=lambda: ["instruction"],
+                                           description="tasks mixed in as non-reasoning data (their references)")
+    non_reasoning_ratio: float = Field(0.1, ge=0, lt=1, description="share of non-reasoning rows in the dataset")
+
+
+class RewardModelConfig(_Strict):
+    """Stage 5a: a Bradley-Terry reward model on preference pairs (synthetic from the train split by default)."""
+
+    init_model: str | None = Field(None, description="backbone (default: model.name)")
+    data: str | None = Field(None, description="JSONL/Parquet of prompt, chosen, rejected; default: synthetic")
+    pairs: int = Field(256, ge=2, description="synthetic training pairs")
+    eval_pairs: int = Field(64, ge=1, description="held-out pairs for the pairwise accuracy")
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-5, gt=0)
+    max_length: int = Field(512, ge=16)
+
+
+class GeneralRLConfig(RLConfig):
+    """Stage 5b: GRPO on reasoning prompts (rule rewards) mixed with general prompts (reward model and
+    instruction constraints). ``init_model`` defaults to the sft stage's model."""
+
+    general_tasks: list[TaskMix] = Field(default_factory=lambda: [TaskMix(name="instruction", n_train=500, n_test=32)])
+    rewards: list[RewardItem] = Field(default_factory=lambda: [
+        RewardItem(name="format", weight=0.5), RewardItem(name="correctness", weight=1.0),
+        RewardItem(name="reward_model", weight=0.5, tasks=["instruction"])])
+
+
+class DistillConfig(_Strict):
+    """Stage 6: a smaller dense student learns from the final model by SFT on the teacher's verified samples."""
+
+    teacher: str | None = Field(None, description="default: the general_rl stage's model")
+    student: str | None = Field(None, description="student model dir; default: model.name cut to student_layers")
+    student_layers: int = Field(16, ge=1, description="decoder layers kept (evenly spaced) when making the student")
+    prompts: int | None = Field(None, ge=1, description="train prompts the teacher answers (default: all)")
+    n_samples: int = Field(2, ge=1)
+    temperature: float = Field(0.7, gt=0)
+    max_per_prompt: int = Field(1, ge=1)
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    rl_only_steps: int | None = Field(None, ge=1, description="steps of the RL-only student (default: rl.steps)")
+
+
+class RecipeStagesConfig(_Strict):
+    """What `r1 run` does besides running the stages."""
+
+    eval_each_stage: bool = Field(True, description="held-out eval of every stage's model")
+    rl_only_student: bool = Field(True, description="also train the student by RL alone (the R1 paper's comparison)")
 
 
 class LoggingConfig(_Strict):
@@ -247,6 +319,12 @@ class RecipeConfig(_Strict):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     cold_start: SFTConfig = Field(default_factory=SFTConfig)
+    rejection: RejectionConfig = Field(default_factory=RejectionConfig)
+    sft: SFTConfig = Field(default_factory=lambda: SFTConfig(epochs=2.0))
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
+    general_rl: GeneralRLConfig = Field(default_factory=lambda: GeneralRLConfig(steps=10))
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    recipe: RecipeStagesConfig = Field(default_factory=RecipeStagesConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     def hash(self) -> str:

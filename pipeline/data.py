@@ -37,6 +37,28 @@ def build_splits(cfg: RecipeConfig) -> tuple[list[dict], list[dict]]:
     return train, test
 
 
+def general_splits(cfg: RecipeConfig) -> tuple[list[dict], list[dict]]:
+    """(train, test) of ``general_rl.general_tasks`` (the general prompts of stage 5) not already in data.tasks."""
+    from tasks import make_splits
+
+    have = {mix.name for mix in cfg.data.tasks}
+    train: list[dict] = []
+    test: list[dict] = []
+    for mix in cfg.general_rl.general_tasks:
+        if mix.name in have:
+            continue
+        tr, te = make_splits(mix.name, mix.n_train, mix.n_test, seed=_task_seed(cfg.run.seed, mix.name),
+                             difficulty=mix.difficulty)
+        train += tr
+        test += te
+    return train, test
+
+
+def recipe_test_split(cfg: RecipeConfig) -> list[dict]:
+    """The held-out samples every stage of `r1 run` is evaluated on: reasoning and general tasks alike."""
+    return build_splits(cfg)[1] + general_splits(cfg)[1]
+
+
 def extract_answers(rows: list[dict], pattern: str, *, source: str) -> list[dict]:
     """Replace each row's ``answer`` by group 1 of ``pattern`` (e.g. GSM8K's ``#### 72``).
 

@@ -29,8 +29,8 @@ def eval_sampling(cfg: RecipeConfig) -> SamplingSpec:
 
 
 def run_eval(cfg: RecipeConfig, *, model: str | None = None, data: str | None = None, out: str | None = None,
-             label: str | None = None, engine=None):
-    """Evaluate ``model`` (default: the config's) on ``data`` (default: the config's held-out split).
+             label: str | None = None, engine=None, samples: list[dict] | None = None):
+    """Evaluate ``model`` (default: the config's) on ``samples``, else ``data``, else the config's held-out split.
 
     Returns ``(metrics, table)`` and writes ``eval.json``, ``eval_samples.jsonl`` and ``table.txt``.
     """
@@ -45,7 +45,7 @@ def run_eval(cfg: RecipeConfig, *, model: str | None = None, data: str | None = 
     model_dir = resolve_model(model or cfg.model.name)
     label = label or Path(model_dir).name
     out_dir = Path(out) if out else cfg.run_dir() / "eval" / label
-    samples = eval_samples(cfg, data)
+    samples = samples if samples is not None else eval_samples(cfg, data)
     if cfg.eval.limit_per_task:
         samples = _limit_per_task(samples, cfg.eval.limit_per_task)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

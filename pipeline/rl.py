@@ -40,6 +40,7 @@ def build_plan(cfg: RecipeConfig, tokenizer, out_dir: Path, *, prefilled_think: 
                   eval_sampling=eval_sampling(cfg), eval_ks=cfg.eval.k, grpo=grpo_settings(cfg),
                   advantage_scale=r.advantage_scale, dynamic_sampling=r.dynamic_sampling,
                   max_refill_rounds=r.max_refill_rounds, overlong_filter=r.overlong_filter, eval_every=r.eval_every,
+                  eval_at_ends=r.eval_at_ends,
                   save_every=r.save_every, keep_checkpoints=r.keep_checkpoints, prefilled_think=prefilled_think,
                   seed=cfg.run.seed, out_dir=out_dir, extra_manifest={"config_hash": cfg.hash()})
 
@@ -59,7 +60,7 @@ def run_reasoning_rl(cfg: RecipeConfig, *, out: str | None = None) -> dict:
     out_dir = Path(out) if out else cfg.run_dir() / "reasoning_rl"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(dump_yaml(cfg))
-    model_dir = resolve_model(cfg.rl.init_model or cfg.model.name)
+    model_dir = resolve_model(cfg.rl.init_model or _stage_model(cfg, "cold_start") or cfg.model.name)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prefilled = cfg.rewards.prefilled_think
     if prefilled == "auto":
@@ -82,4 +83,38 @@ def run_reasoning_rl(cfg: RecipeConfig, *, out: str | None = None) -> dict:
     summary["peak_memory_gib"] = round(mem.peak_gib, 2)
     (out_dir / "manifest.json").write_text(json.dumps(summary, indent=2))
     log.info("peak memory (driver + Ray processes, PSS): %.2f GiB", mem.peak_gib)
+    return summary
+
+
+def _stage_model(cfg: RecipeConfig, stage: str) -> str | None:
+    """The model dir an earlier stage of this run left, if it finished one."""
+    path = cfg.run_dir() / stage / "model"
+    return str(path) if (path / "config.json").is_file() else None
+
+
+def general_rl_config(cfg: RecipeConfig) -> RecipeConfig:
+    """Stage 5 as a reasoning-RL config: the general_rl knobs as ``rl``, its rewards as ``rewards.items``
+    (the reward model's dir filled in), and the general prompts added to the task mix."""
+    from .config import validate
+
+    tree = cfg.model_dump(mode="json")
+    g = tree["general_rl"]
+    general_tasks, items = g.pop("general_tasks"), g.pop("rewards")
+    reward_model_dir = str(cfg.run_dir() / "reward_model" / "model")
+    for item in items:
+        if item["name"] == "reward_model" and not item["options"].get("model"):
+            item["options"] = {**item["options"], "model": reward_model_dir,
+                               "system_prompt": item["options"].get("system_prompt", cfg.data.system_prompt)}
+    g["init_model"] = g["init_model"] or _stage_model(cfg, "sft") or cfg.model.name
+    have = {t["name"] for t in tree["data"]["tasks"]}
+    tree["data"]["tasks"] += [t for t in general_tasks if t["name"] not in have]
+    tree["rl"], tree["rewards"]["items"] = g, items
+    return validate(tree)
+
+
+def run_general_rl(cfg: RecipeConfig, *, out: str | None = None) -> dict:
+    """Stage 5: GRPO from the SFT model on reasoning prompts (rule rewards) and general prompts (reward
+    model + instruction constraints), with the reasoning-RL machinery."""
+    summary = run_reasoning_rl(general_rl_config(cfg), out=out or str(cfg.run_dir() / "general_rl"))
+    summary["stage"] = "general_rl"
     return summary

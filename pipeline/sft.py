@@ -1,62 +1,87 @@
-"""`r1 cold-start`: SFT on R1-format demonstrations via a trainer actor, then a held-out eval."""
+"""`r1 cold-start` (stage 1) and `r1 sft` (stage 4): SFT on chat examples via a trainer actor, then an eval.
+
+Both run the same code; they differ in their data and starting model:
+- cold start: the R1-format demonstrations of the train split (or ``cold_start.data``), from ``model.name``;
+- sft: the rejection-sampled dataset of stage 3 (or ``sft.data``), again from the *base* model.
+"""
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 
-from .config import RecipeConfig, dump_yaml
+from .config import RecipeConfig, SFTConfig, dump_yaml
 
 log = logging.getLogger("r1.sft")
 
 
 def run_cold_start(cfg: RecipeConfig, *, out: str | None = None) -> dict:
     """Stage 1: fine-tune ``cold_start.init_model`` (default ``model.name``) on the demos; evaluate the result."""
+    from tasks import make_demonstration
+
+    from .data import build_splits
+
+    c = cfg.cold_start
+    if c.data:
+        examples = read_chat_examples(c.data, field="cold_start.data")
+    else:
+        train_samples, _ = build_splits(cfg)
+        examples = [make_demonstration(s, system_prompt=cfg.data.system_prompt) for s in train_samples
+                    if s.get("solution")]
+    out_dir = Path(out) if out else cfg.run_dir() / "cold_start"
+    return run_sft(cfg, c, examples, out_dir=out_dir, stage="cold_start", init_model=c.init_model or cfg.model.name)
+
+
+def run_sft_stage(cfg: RecipeConfig, *, out: str | None = None) -> dict:
+    """Stage 4: SFT of the base model (``sft.init_model``, default ``model.name``) on the rejection-sampled data."""
+    c = cfg.sft
+    data = c.data or str(cfg.run_dir() / "rejection_sample" / "data.jsonl")
+    if not Path(data).exists() and not c.data:
+        raise FileNotFoundError(f"sft.data: {data} not found; run `r1 rejection-sample` first or set sft.data")
+    examples = read_chat_examples(data, field="sft.data")
+    out_dir = Path(out) if out else cfg.run_dir() / "sft"
+    return run_sft(cfg, c, examples, out_dir=out_dir, stage="sft", init_model=c.init_model or cfg.model.name)
+
+
+def run_sft(cfg: RecipeConfig, c: SFTConfig, examples: list[dict], *, out_dir: Path, stage: str, init_model: str,
+            evaluate: bool | None = None) -> dict:
+    """Tokenize ``examples``, train ``init_model`` on them through a trainer actor, save, optionally evaluate."""
     import ray
     from transformers import AutoTokenizer
 
     from stages.sft import SFTPlan, tokenize_examples, train
-    from tasks import make_demonstration
     from trainer.model_io import resolve_model
 
     from .cluster import start_trainer, trainer_settings
-    from .data import build_splits
     from .tracking import MetricsLogger
 
-    c = cfg.cold_start
-    out_dir = Path(out) if out else cfg.run_dir() / "cold_start"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(dump_yaml(cfg))
-    model_dir = resolve_model(c.init_model or cfg.model.name)
+    model_dir = resolve_model(init_model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if c.data:
-        examples = _read_chat_examples(c.data)
-    else:
-        train_samples, _ = build_splits(cfg)
-        examples = [make_demonstration(s, system_prompt=cfg.data.system_prompt) for s in train_samples]
     if c.limit and len(examples) > c.limit:
         # A seeded sample, not the head: generated data comes grouped by task.
-        import random
-
         examples = random.Random(cfg.run.seed).sample(examples, c.limit)
     pairs, skipped = tokenize_examples(tokenizer, examples, c.max_length)
-    log.info("cold start: %d examples (%s skipped)", len(pairs), skipped)
+    log.info("%s: %d examples (%s skipped)", stage, len(pairs), skipped)
     plan = SFTPlan(pairs=pairs, epochs=c.epochs, batch_size=c.batch_size, micro_batch_size=cfg.trainer.micro_batch_size,
-                   seed=cfg.run.seed, out_dir=out_dir,
-                   extra_manifest={"stage": "cold_start", "init_model": model_dir, "skipped": skipped,
+                   seed=cfg.run.seed, out_dir=out_dir, save_every=c.save_every,
+                   pack_tokens=c.max_length if c.packing else None,
+                   extra_manifest={"stage": stage, "init_model": model_dir, "skipped": skipped,
                                    "config_hash": cfg.hash()})
     settings = trainer_settings(cfg, plan.steps)
     settings.optim.lr = c.lr
     trainer = start_trainer(cfg, model_dir, settings)
-    logger = MetricsLogger(out_dir, tensorboard=cfg.logging.tensorboard, run_name=f"{cfg.run.name}-cold-start")
+    logger = MetricsLogger(out_dir, tensorboard=cfg.logging.tensorboard, run_name=f"{cfg.run.name}-{stage}")
     try:
         summary = train(trainer, plan, logger)
     finally:
         logger.close()
         ray.kill(trainer)
-    if c.eval:
+    if c.eval if evaluate is None else evaluate:
         from .evaluation import run_eval
 
-        metrics, table = run_eval(cfg, model=summary["model"], out=str(out_dir / "eval"), label="cold_start")
+        metrics, table = run_eval(cfg, model=summary["model"], out=str(out_dir / "eval"), label=stage)
         print(table)
         row = metrics.get("all") or next(iter(metrics.values()))
         summary["eval"] = {"pass@1": row.pass_at.get(1), "pass@1_ci": list(row.pass1_ci),
@@ -64,12 +89,11 @@ def run_cold_start(cfg: RecipeConfig, *, out: str | None = None) -> dict:
     return summary
 
 
-def _read_chat_examples(path: str) -> list[dict]:
-    """Chat examples ({"messages": [...]}) from a JSONL file."""
-    from tasks.storage import read_jsonl
+def read_chat_examples(source: str, *, field: str) -> list[dict]:
+    """Chat examples (``{"messages": [...]}``) from a JSONL / Parquet file, a dataset folder or a hub id."""
+    from tasks.loaders import load_chat_samples
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"cold_start.data={path!r}: file not found")
-    if not path.endswith(".jsonl"):
-        raise ValueError(f"cold_start.data={path!r}: expected a .jsonl file of {{'messages': [...]}} rows")
-    return read_jsonl(path)
+    path = Path(source)
+    if path.suffix and not path.exists():
+        raise FileNotFoundError(f"{field}={source!r}: file not found")
+    return load_chat_samples(source)

@@ -41,6 +41,25 @@ _REGISTRY: dict[str, RewardFn] = {
 }
 
 
+def reward_model_score(completion: str, sample: Mapping[str, Any], *, model: str | None = None,
+                       scale: float = 1.0, offset: float = 0.0, squash: bool = True,
+                       system_prompt: str | None = None) -> Reward:
+    """A trained reward model's score of the completion (see :func:`rewards.reward_model.reward_model_reward`).
+
+    ``model`` is the reward model's HF dir; `r1 general-rl` fills it with the reward_model stage's output.
+    Loaded once per process on first use, so the torch import happens only where this reward is scored.
+    """
+    if not model:
+        return Reward(0.0, "no_reward_model")
+    from rewards.reward_model import reward_model_reward
+
+    return reward_model_reward(completion, sample, model=model, scale=scale, offset=offset, squash=squash,
+                               system_prompt=system_prompt)
+
+
+_REGISTRY["reward_model"] = reward_model_score
+
+
 def register(name: str, *, override: bool = False) -> Callable[[RewardFn], RewardFn]:
     """Decorator that makes a reward function available by ``name`` in configs and :func:`resolve`.
 
@@ -110,13 +129,16 @@ def resolve(name_or_path: str | RewardFn) -> RewardFn:
 class RewardSpec:
     """One term of a weighted reward sum: which reward, its weight, its keyword options.
 
-    ``label`` names the term in the parts dict (default: the name, or the function's name).
+    ``label`` names the term in the parts dict (default: the name, or the function's name). ``tasks``
+    limits the term to samples whose ``task`` is listed (others get 0 with reason ``not_applicable``), e.g.
+    a reward model that scores only general prompts while rule rewards score the reasoning ones.
     """
 
     name: str | RewardFn
     weight: float = 1.0
     options: Mapping[str, Any] = field(default_factory=dict)
     label: str | None = None
+    tasks: tuple[str, ...] | None = None
 
 
 SpecLike = Union[RewardSpec, str, RewardFn, tuple, list, Mapping[str, Any]]
@@ -127,7 +149,8 @@ def weighted_sum(specs: Iterable[SpecLike]) -> "WeightedSum":
 
     Each spec is a :class:`RewardSpec`, a ``(name_or_fn, weight, options)`` tuple (weight and options
     optional), a ``{"name", "weight", "options", "label"}`` mapping (as in YAML configs), or a bare name
-    or function. Names and options are checked here, so a typo fails at start-up, not mid-run.
+    or function (a mapping may also give ``tasks``). Names and options are checked here, so a typo fails
+    at start-up, not mid-run.
 
     While scoring, a reward that raises contributes 0 with reason ``error:<ExceptionType>`` (logged once
     per reward and exception type) and one that returns something non-numeric or non-finite contributes 0
@@ -143,6 +166,7 @@ class WeightedSum:
         if not specs:
             raise ValueError("weighted_sum needs at least one reward")
         self.terms: list[tuple[str, RewardFn, float, dict[str, Any]]] = []
+        self.tasks: dict[str, frozenset[str]] = {}  # label -> the tasks a restricted term scores
         labels: set[str] = set()
         for spec in specs:
             fn = resolve(spec.name)
@@ -157,11 +181,19 @@ class WeightedSum:
             options = dict(spec.options or {})
             _check_options(label, fn, options)
             self.terms.append((label, fn, float(weight), options))
+            if spec.tasks is not None:
+                if isinstance(spec.tasks, str) or not all(isinstance(t, str) for t in spec.tasks):
+                    raise ValueError(f"reward {label!r}: tasks must be a list of task names, got {spec.tasks!r}")
+                self.tasks[label] = frozenset(spec.tasks)
         self._logged: set[tuple[str, str]] = set()
 
     def __call__(self, completion: str, sample: Mapping[str, Any]) -> tuple[float, dict[str, Reward]]:
         total, parts = 0.0, {}
         for label, fn, weight, options in self.terms:
+            scope = self.tasks.get(label)
+            if scope is not None and sample.get("task") not in scope:
+                parts[label] = Reward(0.0, "not_applicable")
+                continue
             part = self._score_one(label, fn, options, completion, sample)
             parts[label] = part
             total += weight * part
@@ -191,12 +223,15 @@ def _as_spec(spec: SpecLike) -> RewardSpec:
     if isinstance(spec, str) or callable(spec):
         return RewardSpec(spec)
     if isinstance(spec, Mapping):
-        unknown = set(spec) - {"name", "weight", "options", "label"}
+        unknown = set(spec) - {"name", "weight", "options", "label", "tasks"}
         if "name" not in spec or unknown:
             raise ValueError(
                 "a reward spec mapping needs 'name' (and optionally weight, options, label), "
                 f"got {dict(spec)!r}"
             )
+        spec = dict(spec)
+        if spec.get("tasks") is not None and not isinstance(spec["tasks"], str):
+            spec["tasks"] = tuple(spec["tasks"])
         return RewardSpec(**spec)
     if isinstance(spec, (tuple, list)) and 1 <= len(spec) <= 3:
         return RewardSpec(*spec)

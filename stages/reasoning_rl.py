@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import statistics
 import time
 from collections import Counter
@@ -27,6 +26,8 @@ from rollout.types import Generation, RolloutBatch, SamplingSpec
 from trainer.losses import grpo_advantages
 from trainer.settings import GRPOSettings
 
+from . import checkpoints
+from .checkpoints import latest_checkpoint
 from .prompt_stream import PromptStream
 
 log = logging.getLogger("r1.reasoning_rl")
@@ -54,6 +55,7 @@ class RLPlan:
     max_refill_rounds: int = 3
     overlong_filter: bool = False
     eval_every: int = 10
+    eval_at_ends: bool = True
     save_every: int = 5
     keep_checkpoints: int = 2
     prefilled_think: bool = False
@@ -226,43 +228,9 @@ def rl_step(actors, stream: PromptStream, plan: RLPlan, step: int) -> dict[str, 
 
 # ---- checkpoints ------------------------------------------------------------------------------------------
 
-def checkpoint_root(out_dir: Path) -> Path:
-    return Path(out_dir) / "checkpoints"
-
-
-def latest_checkpoint(out_dir: Path) -> tuple[Path, dict] | None:
-    """The newest complete checkpoint and its ``state.json``, or None. Incomplete ones are ignored."""
-    root = checkpoint_root(out_dir)
-    pointer = root / "latest"
-    if not pointer.is_file():
-        return None
-    ckpt = root / pointer.read_text().strip()
-    state_file = ckpt / "state.json"
-    if not state_file.is_file():
-        return None
-    return ckpt, json.loads(state_file.read_text())
-
-
 def save_checkpoint(actors, out_dir: Path, step: int, stream: PromptStream, keep: int) -> Path:
-    """Trainer state + model dir + data position, written to a temp dir and renamed: all or nothing."""
-    import ray
-
-    root = checkpoint_root(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:05d}"
-    tmp = root / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    ray.get(actors.trainer.save_checkpoint.remote(str(tmp)))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "data_position": stream.position}))
-    final = root / name
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    pointer_tmp = root / ".latest.tmp"
-    pointer_tmp.write_text(name)
-    pointer_tmp.replace(root / "latest")
-    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    """Trainer state + model dir + data position, all or nothing (see :mod:`stages.checkpoints`)."""
+    return checkpoints.save_checkpoint(actors.trainer, out_dir, step, {"data_position": stream.position}, keep)
 
 
 # ---- the loop ---------------------------------------------------------------------------------------------
@@ -313,24 +281,27 @@ def train(actors, plan: RLPlan, logger, *, on_step: Callable[[int, dict], None] 
         have_eval0 = (plan.out_dir / "eval" / "step_00000" / "eval.json").exists() and any(
             r.get("step") == 0 for r in _rows(logger))
         logger.truncate_after(0 if have_eval0 else -1)
-        if not have_eval0:
+        if not have_eval0 and plan.eval_at_ends:
             logger.log(0, run_eval(actors, plan, 0))
     bar = tqdm(total=plan.steps, initial=start, desc="reasoning RL", unit="step")
     last_eval = None
+    checkpoint_seconds = 0.0
     for step in range(start + 1, plan.steps + 1):
         metrics = rl_step(actors, stream, plan, step)
         t0 = time.perf_counter()
-        if plan.eval_every and (step % plan.eval_every == 0) or step == plan.steps:
+        if plan.eval_every and (step % plan.eval_every == 0) or (step == plan.steps and plan.eval_at_ends):
             last_eval = run_eval(actors, plan, step)
             metrics.update(last_eval)
-        t1 = time.perf_counter()
-        if step % plan.save_every == 0 or step == plan.steps:
-            save_checkpoint(actors, plan.out_dir, step, stream, plan.keep_checkpoints)
-        t2 = time.perf_counter()
-        metrics.update({"time/eval": t1 - t0, "time/checkpoint": t2 - t1})
+        # The previous step's checkpoint save: the line is written before this step's save, so a kill in
+        # between leaves a line that the resumed run replaces, never a saved step without its line.
+        metrics.update({"time/eval": time.perf_counter() - t0, "time/checkpoint": checkpoint_seconds})
         if on_step is not None:  # the caller may add its own figures (memory) before the line is written
             on_step(step, metrics)
         logger.log(step, metrics)
+        t1 = time.perf_counter()
+        if step % plan.save_every == 0 or step == plan.steps:
+            save_checkpoint(actors, plan.out_dir, step, stream, plan.keep_checkpoints)
+        checkpoint_seconds = time.perf_counter() - t1
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics.get('accuracy', float('nan')):.2f}",
                         fmt=f"{metrics.get('format_rate', float('nan')):.2f}",

@@ -2,7 +2,7 @@
 
 Loss on the assistant's tokens only; the chat template is applied once per example
 (:func:`pipeline.prompting.render_sft_pair`). Artifacts under ``out_dir``: ``metrics.jsonl``, ``model/``,
-``manifest.json``.
+``checkpoints/`` (every ``save_every`` steps; a rerun resumes from the newest) and ``manifest.json``.
 """
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ class SFTPlan:
     micro_batch_size: int
     seed: int
     out_dir: Path
+    save_every: int = 0  # 0: no checkpoints (short runs simply restart)
+    pack_tokens: int | None = None  # pack examples into rows of this many tokens instead of padding
+    keep_checkpoints: int = 1
     extra_manifest: dict = field(default_factory=dict)
 
     @property
@@ -69,18 +72,36 @@ def train(trainer, plan: SFTPlan, logger) -> dict:
     import ray
     from tqdm.auto import tqdm
 
+    from .checkpoints import latest_checkpoint, save_checkpoint
+
     if not plan.pairs:
         raise ValueError("SFT: no usable training examples")
     plan.out_dir.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(batches(len(plan.pairs), plan.batch_size, plan.steps, plan.seed), desc="SFT", unit="step")
+    start = 0
+    resumed = latest_checkpoint(plan.out_dir) if plan.save_every else None
+    if resumed is not None:
+        ckpt, state = resumed
+        ray.get(trainer.load_checkpoint.remote(str(ckpt)))
+        start = state["step"]
+        log.info("resumed SFT from %s (step %d)", ckpt, start)
+    logger.truncate_after(start if start else -1)
+    schedule = batches(len(plan.pairs), plan.batch_size, plan.steps, plan.seed)
+    bar = tqdm(total=plan.steps, initial=start, desc="SFT", unit="step")
     last = {}
-    for step, idx in enumerate(bar, start=1):
+    for step, idx in enumerate(schedule, start=1):
+        if step <= start:
+            continue  # done before the restart; the seeded schedule makes the remaining batches identical
         prompts = [plan.pairs[i][0] for i in idx]
         targets = [plan.pairs[i][1] for i in idx]
-        last = ray.get(trainer.train_sft.remote(prompts, targets, micro_batch_size=plan.micro_batch_size))
+        last = ray.get(trainer.train_sft.remote(prompts, targets, micro_batch_size=plan.micro_batch_size,
+                                                pack_tokens=plan.pack_tokens))
         last["tokens_per_second"] = sum(len(p) + len(t) for p, t in zip(prompts, targets)) / last["train_seconds"]
         logger.log(step, last)
+        if plan.save_every and step % plan.save_every == 0 and step < plan.steps:
+            save_checkpoint(trainer, plan.out_dir, step, {}, plan.keep_checkpoints)
+        bar.update(1)
         bar.set_postfix(loss=f"{last['loss']:.3f}")
+    bar.close()
     model_dir = ray.get(trainer.save_pretrained.remote(str(plan.out_dir / "model")))
     summary = {"steps": plan.steps, "examples": len(plan.pairs), "final_loss": last.get("loss"), "model": model_dir,
                "complete": True, **plan.extra_manifest}

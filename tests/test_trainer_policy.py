@@ -170,3 +170,20 @@ def test_shared_prefix_forward_equals_the_padded_one_in_values_and_gradients(tin
     for name in grads[0]:
         diff = (grads[0][name] - grads[1][name]).abs().max()
         assert diff <= 1e-4 * grads[1][name].abs().max() + 1e-6, (name, float(diff))
+
+
+def test_packed_sft_equals_padded_sft_in_loss_and_update(tiny_model_dir):
+    from trainer.sequences import pack_examples
+
+    rows = pack_examples(PROMPTS, RESPONSES, max_tokens=12)
+    assert [r.input_ids.shape[1] for r in rows] == [11, 8]  # 8 + 3 tokens fit in 12; the third 8 do not
+    assert rows[0].position_ids.tolist() == [[0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2]]
+    results = []
+    for pack in (None, 12):
+        trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32", optim=OptimSettings(lr=1e-2)))
+        m = trainer.train_sft(PROMPTS, RESPONSES, micro_batch_size=3, pack_tokens=pack)
+        results.append((m["loss"], m["grad_norm"], trainer.model.model.embed_tokens.weight.detach().clone()))
+    # The same loss and gradient means each packed example attended only to itself.
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    assert results[0][1] == pytest.approx(results[1][1], rel=1e-4)
+    assert torch.allclose(results[0][2], results[1][2], atol=1e-6)

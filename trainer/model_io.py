@@ -60,13 +60,20 @@ def import_gguf(gguf_path: Path, out_dir: Path, *, dtype: str = "float32") -> Pa
     for holder in (model.config, getattr(model, "generation_config", None)):
         if holder is not None and hasattr(holder, "quantization_config"):
             delattr(holder, "quantization_config")
+    return save_model_dir(model, tokenizer, out_dir, marker=str(gguf_path))
+
+
+def save_model_dir(model, tokenizer, out_dir: Path, *, marker: str) -> Path:
+    """Save model + tokenizer into a temporary sibling and rename it to ``out_dir`` at the end, so a crash
+    never leaves a half model that later commands would trust. ``marker`` is written as the done-marker."""
+    out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a model dir is meant to be shared
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / _DONE_MARKER).write_text(str(gguf_path))
+        (tmp / _DONE_MARKER).write_text(marker)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -94,3 +101,39 @@ def resolve_model(spec: str, *, cache: Path | None = None) -> str:
         f"model '{spec}': not an embedded alias ({', '.join(EMBEDDED_MODELS)}), an existing HF model dir, "
         "or a hub id of the form org/name"
     )
+
+
+def student_layer_indices(n_layers: int, keep: int) -> list[int]:
+    """``keep`` decoder layers spread evenly over ``n_layers``, always the first and the last.
+
+    The first layer reads the embeddings and the last writes into the head; keeping both makes a cut model
+    start far closer to its parent than keeping a prefix of layers does.
+    """
+    if not 1 <= keep <= n_layers:
+        raise ValueError(f"distill.student_layers={keep}: must be between 1 and the teacher's {n_layers} layers")
+    if keep == 1:
+        return [n_layers - 1]
+    return sorted({round(i * (n_layers - 1) / (keep - 1)) for i in range(keep)})
+
+
+def make_student(parent: str, keep_layers: int, out_dir: str | Path) -> str:
+    """A smaller dense model: ``parent`` with only ``keep_layers`` of its decoder layers (same width,
+    tokenizer and head), saved as an HF dir that transformers and vLLM load. Written atomically."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = Path(out_dir)
+    if (out_dir / _DONE_MARKER).exists():
+        return str(out_dir)
+    model = AutoModelForCausalLM.from_pretrained(parent, dtype=torch.float32)
+    layers = model.model.layers
+    keep = student_layer_indices(len(layers), keep_layers)
+    model.model.layers = torch.nn.ModuleList([layers[i] for i in keep])
+    for new_index, layer in enumerate(model.model.layers):
+        if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx"):
+            layer.self_attn.layer_idx = new_index  # the KV cache is indexed by position in the stack
+    model.config.num_hidden_layers = len(keep)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
+    tokenizer = AutoTokenizer.from_pretrained(parent)
+    return str(save_model_dir(model, tokenizer, out_dir, marker=f"{parent} layers {keep}"))

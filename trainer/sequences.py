@@ -146,3 +146,54 @@ def shared_prefix_logprobs(model, prompts: Sequence[Sequence[int]], responses: S
         logits = torch.cat([logits, rest.logits], dim=1)
     logp, entropy = token_logprobs(logits, r_ids, temperature, with_entropy)
     return logp * r_mask, entropy, r_mask
+
+
+@dataclass
+class PackedRow:
+    """Several (prompt, target) examples laid end to end in one row, each attending only to itself."""
+
+    input_ids: torch.Tensor  # [1, T]
+    position_ids: torch.Tensor  # [1, T]: restart at 0 for every example, which is what marks the boundaries
+    target_ids: torch.Tensor  # [1, T - 1]: the token each position predicts
+    target_mask: torch.Tensor  # [1, T - 1] float: 1 where that token is an assistant (target) token
+
+
+def pack_examples(prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], max_tokens: int
+                  ) -> list[PackedRow]:
+    """Greedy in-order packing into rows of at most ``max_tokens`` tokens (an example longer than that gets
+    a row of its own). No padding is computed at all, which is the point of packing on a CPU."""
+    rows, current, length = [], [], 0
+    for p, t in zip(prompts, targets):
+        n = len(p) + len(t)
+        if current and length + n > max_tokens:
+            rows.append(current)
+            current, length = [], 0
+        current.append((list(p), list(t)))
+        length += n
+    if current:
+        rows.append(current)
+    packed = []
+    for row in rows:
+        ids, pos, is_target = [], [], []
+        for p, t in row:
+            ids += p + t
+            pos += list(range(len(p) + len(t)))
+            is_target += [0.0] * len(p) + [1.0] * len(t)
+        ids_t = torch.tensor([ids], dtype=torch.long)
+        packed.append(PackedRow(input_ids=ids_t, position_ids=torch.tensor([pos], dtype=torch.long),
+                                target_ids=ids_t[:, 1:], target_mask=torch.tensor([is_target[1:]])))
+    return packed
+
+
+def packed_target_logprobs(model, row: PackedRow) -> torch.Tensor:
+    """Logprob of every next token of a packed row ``[1, T - 1]``, masked to target tokens.
+
+    No attention mask is passed: transformers then reads the example boundaries from the restarting
+    ``position_ids`` and builds a block-diagonal causal mask, so examples never see each other. A position
+    predicting the first token of the next example is masked out by ``target_mask`` (that token is a prompt
+    token).
+    """
+    device = next(model.parameters()).device
+    out = model(input_ids=row.input_ids.to(device), position_ids=row.position_ids.to(device), use_cache=False)
+    logp, _ = token_logprobs(out.logits[:, :-1, :], row.target_ids.to(device), 1.0, False)
+    return logp * row.target_mask.to(device)

@@ -1,0 +1,65 @@
+"""`r1 distill` (stage 6) and `r1 student-rl`: a smaller dense student learns from the final model by SFT
+on the teacher's verified samples (the R1 paper's distillation), and, for the paper's comparison, the same
+student trained by reasoning RL alone."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from .config import RecipeConfig, SFTConfig, validate
+
+log = logging.getLogger("r1.distill")
+
+
+def student_init(cfg: RecipeConfig) -> str:
+    """The untrained student: ``distill.student``, else ``model.name`` cut to ``distill.student_layers``."""
+    from trainer.model_io import make_student, resolve_model
+
+    if cfg.distill.student:
+        return resolve_model(cfg.distill.student)
+    return make_student(resolve_model(cfg.model.name), cfg.distill.student_layers,
+                        cfg.run_dir() / "student_init")
+
+
+def run_distill(cfg: RecipeConfig, *, out: str | None = None) -> dict:
+    """Teacher samples (verified, filtered) -> SFT of the student on them."""
+    from .rejection import verified_dataset
+    from .sft import read_chat_examples, run_sft
+
+    d = cfg.distill
+    out_dir = Path(out) if out else cfg.run_dir() / "distill"
+    teacher = d.teacher or str(cfg.run_dir() / "general_rl" / "model")
+    student = student_init(cfg)
+    data_dir = out_dir / "teacher_data"
+    stats_file = data_dir / "stats.json"
+    if not stats_file.is_file():  # a rerun after a crash keeps the teacher's finished samples
+        verified_dataset(cfg, teacher, data_dir, prompts=d.prompts, n_samples=d.n_samples,
+                         temperature=d.temperature, max_per_prompt=d.max_per_prompt,
+                         non_reasoning_ratio=cfg.rejection.non_reasoning_ratio)
+    examples = read_chat_examples(str(data_dir / "data.jsonl"), field="distill teacher data")
+    sft = SFTConfig(epochs=d.epochs, batch_size=d.batch_size, lr=d.lr, max_length=cfg.sft.max_length,
+                    save_every=cfg.sft.save_every, packing=cfg.sft.packing, eval=False)
+    summary = run_sft(cfg, sft, examples, out_dir=out_dir, stage="distill", init_model=student, evaluate=False)
+    stats = json.loads(stats_file.read_text())
+    summary.update({"teacher": teacher, "student_init": student, "teacher_rows": stats["rows"],
+                    "teacher_acceptance": stats["acceptance"].get("all", {}).get("acceptance_rate")})
+    return summary
+
+
+def student_rl_config(cfg: RecipeConfig) -> RecipeConfig:
+    """Reasoning RL of the untrained student: the rl section with the student as its start."""
+    tree = cfg.model_dump(mode="json")
+    tree["rl"]["init_model"] = student_init(cfg)
+    if cfg.distill.rl_only_steps:
+        tree["rl"]["steps"] = cfg.distill.rl_only_steps
+    return validate(tree)
+
+
+def run_student_rl(cfg: RecipeConfig, *, out: str | None = None) -> dict:
+    """The R1 paper's comparison: the same student trained by reasoning RL alone, no teacher."""
+    from .rl import run_reasoning_rl
+
+    summary = run_reasoning_rl(student_rl_config(cfg), out=out or str(cfg.run_dir() / "student_rl"))
+    summary["stage"] = "student_rl"
+    return summary

@@ -1,0 +1,218 @@
+"""`r1 report runs/<name>`: what each stage of a recipe run did, as a Markdown page with a table and PNGs.
+
+Reads only the run folder (manifests, ``eval/eval.json``, ``metrics.jsonl``, rejection statistics), so a
+report can be rebuilt at any time, for a finished run or one still in progress.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from .recipe import STAGE_NAMES, read_manifest
+
+log = logging.getLogger("r1.report")
+
+# The metric each stage is meant to move (the R1 paper's reason for the stage).
+TARGETS = {
+    "base": "the starting point",
+    "cold_start": "format rate (readable R1-format reasoning)",
+    "reasoning_rl": "reasoning pass@1",
+    "rejection_sample": "a clean, verified SFT dataset",
+    "sft": "pass@1 of the base model trained on the RL model's verified samples",
+    "reward_model": "pairwise accuracy on held-out preference pairs",
+    "general_rl": "general (instruction) pass@1 while keeping reasoning",
+    "distill": "the small student's pass@1",
+    "student_rl": "the same student by RL alone (the paper's comparison)",
+}
+
+
+def collect(run_dir: str | Path) -> list[dict]:
+    """One record per stage that has a folder: manifest, eval summary (all tasks) and metric rows."""
+    from .tracking import read_metrics
+
+    run_dir = Path(run_dir)
+    records = []
+    for name in STAGE_NAMES:
+        stage_dir = run_dir / name
+        if not stage_dir.is_dir():
+            continue
+        manifest = read_manifest(stage_dir) or {}
+        eval_file = stage_dir / "eval" / "eval.json"
+        evaluation = json.loads(eval_file.read_text()) if eval_file.is_file() else None
+        metrics_file = stage_dir / "metrics.jsonl"
+        rows = read_metrics(metrics_file) if metrics_file.is_file() else []
+        stats_file = stage_dir / "stats.json"
+        stats = json.loads(stats_file.read_text()) if stats_file.is_file() else None
+        records.append({"stage": name, "dir": stage_dir, "manifest": manifest, "eval": evaluation, "rows": rows,
+                        "stats": stats})
+    if not records:
+        raise FileNotFoundError(f"{run_dir}: no stage folders ({', '.join(STAGE_NAMES)}); is this a run dir?")
+    return records
+
+
+def _overall(evaluation: dict | None) -> dict | None:
+    if not evaluation:
+        return None
+    tasks = evaluation["tasks"]
+    return tasks.get("all") or next(iter(tasks.values()))
+
+
+def eval_table(records: list[dict]) -> list[dict]:
+    """Rows of the held-out table: stage, pass@1 with its 95% CI, format rate, pass@1 per task."""
+    table = []
+    for rec in records:
+        row = _overall(rec["eval"])
+        if row is None:
+            continue
+        per_task = {t: m["pass_at"].get("1") for t, m in rec["eval"]["tasks"].items() if t != "all"}
+        table.append({"stage": rec["stage"], "pass@1": row["pass_at"].get("1"), "ci": row["pass1_ci95"],
+                      "format_rate": row["format_rate"], "n_prompts": row["n_prompts"],
+                      "n_samples": row["n_samples"], "per_task": per_task,
+                      "maj": {k: v for k, v in row["maj_at"].items() if k != "1"},
+                      "pass_k": {k: v for k, v in row["pass_at"].items() if k != "1"}})
+    return table
+
+
+def plot_eval_bars(table: list[dict], out_png: Path) -> Path:
+    """Held-out pass@1 (with 95% CI) and format rate per stage; pass@1 per task per stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    stages = [r["stage"] for r in table]
+    x = np.arange(len(stages))
+    fig, (ax, task_ax) = plt.subplots(1, 2, figsize=(13, 4.2))
+    p1 = np.array([r["pass@1"] or 0 for r in table])
+    err = np.array([[p - r["ci"][0], r["ci"][1] - p] for p, r in zip(p1, table)]).T
+    ax.bar(x - 0.2, p1, 0.4, yerr=err, capsize=3, label="pass@1 (95% CI)")
+    ax.bar(x + 0.2, [r["format_rate"] for r in table], 0.4, label="format rate")
+    ax.set_xticks(x, stages, rotation=30, ha="right")
+    ax.set(ylim=(0, 1.05), title="held-out, all tasks")
+    ax.legend(loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    tasks = sorted({t for r in table for t in r["per_task"]})
+    width = 0.8 / max(1, len(tasks))
+    for i, task in enumerate(tasks):
+        task_ax.bar(x - 0.4 + width * (i + 0.5), [r["per_task"].get(task) or 0 for r in table], width, label=task)
+    task_ax.set_xticks(x, stages, rotation=30, ha="right")
+    task_ax.set(ylim=(0, 1.05), title="held-out pass@1 per task")
+    task_ax.legend(loc="upper left", fontsize=8)
+    task_ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def plot_stage_curves(records: list[dict], out_png: Path) -> Path | None:
+    """One panel per trained stage: SFT loss, RL reward / accuracy / format rate, reward-model loss and accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [r for r in records if r["rows"]]
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    rows_n = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.4 * rows_n), squeeze=False)
+    for ax, rec in zip(axes.flat, panels):
+        keys = [("loss", "loss")]
+        if any("reward/mean" in r for r in rec["rows"]):
+            keys = [("reward/mean", "reward"), ("accuracy", "accuracy"), ("format_rate", "format rate")]
+        elif any("accuracy" in r for r in rec["rows"]):
+            keys = [("loss", "loss"), ("accuracy", "pair accuracy")]
+        for key, label in keys:
+            pts = [(r["step"], r[key]) for r in rec["rows"] if r.get(key) is not None and r.get("step", 0) > 0]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label)
+        ax.set(title=rec["stage"], xlabel="step")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def _fmt(v, digits=3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def render_markdown(run_dir: Path, records: list[dict], table: list[dict], images: list[Path]) -> str:
+    """The report page: held-out table, per-stage facts (time, memory, data kept), plots."""
+    lines = [f"# R1 recipe report: `{run_dir}`", ""]
+    if table:
+        tasks = sorted({t for r in table for t in r["per_task"]})
+        n = table[0]
+        lines += [f"Held-out eval of every stage's model: {n['n_prompts']} prompts x {n['n_samples']} samples, "
+                  "pass@1 with a 95% confidence interval over prompts.", "",
+                  "| stage | pass@1 | 95% CI | format rate | " + " | ".join(f"{t} pass@1" for t in tasks)
+                  + " | targets |",
+                  "|---|---|---|---|" + "---|" * len(tasks) + "---|"]
+        for r in table:
+            lines.append(f"| {r['stage']} | {_fmt(r['pass@1'])} | [{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}] | "
+                         f"{_fmt(r['format_rate'])} | "
+                         + " | ".join(_fmt(r["per_task"].get(t)) for t in tasks)
+                         + f" | {TARGETS.get(r['stage'], '')} |")
+        lines.append("")
+    lines += ["## Stages", "", "| stage | complete | seconds | peak memory (GiB) | notes |", "|---|---|---|---|---|"]
+    for rec in records:
+        m = rec["manifest"]
+        lines.append(f"| {rec['stage']} | {'yes' if m.get('complete') else 'no'} | {m.get('seconds', '-')} | "
+                     f"{m.get('stage_peak_memory_gib', '-')} | {_notes(rec)} |")
+    lines.append("")
+    for rec in records:
+        if rec["stats"] and "acceptance" in rec["stats"]:
+            lines += [f"### {rec['stage']}: acceptance per task", "", "| task | prompts | candidates | kept | "
+                      "acceptance | prompts covered |", "|---|---|---|---|---|---|"]
+            for task, a in rec["stats"]["acceptance"].items():
+                lines.append(f"| {task} | {a['prompts']} | {a['candidates']} | {a['kept']} | "
+                             f"{_fmt(a['acceptance_rate'])} | {_fmt(a['prompt_coverage'])} |")
+            lines += ["", f"Rejected: {json.dumps(rec['stats']['rejection_reasons'])}; "
+                      f"non-reasoning rows mixed in: {rec['stats']['non_reasoning']}.", ""]
+    for img in images:
+        lines += [f"![{img.stem}]({img.name})", ""]
+    return "\n".join(lines)
+
+
+def _notes(rec: dict) -> str:
+    m, parts = rec["manifest"], []
+    if m.get("eval_accuracy") is not None:
+        parts.append(f"held-out pair accuracy {m['eval_accuracy']:.3f} ({m.get('eval_pairs')} pairs)")
+    if m.get("rows") is not None and rec["stage"] == "rejection_sample":
+        parts.append(f"{m['rows']} SFT rows, acceptance {_fmt(m.get('acceptance_rate'))}")
+    if m.get("teacher_rows") is not None:
+        parts.append(f"{m['teacher_rows']} teacher rows")
+    if m.get("steps") is not None:
+        parts.append(f"{m['steps']} steps")
+    if m.get("peak_memory_gib") is not None:
+        parts.append(f"RL peak {m['peak_memory_gib']} GiB")
+    return "; ".join(parts)
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``report.md``, ``eval_by_stage.png``, ``stage_curves.png`` and ``report.json`` (default: ``<run>/report``)."""
+    run_dir = Path(run_dir)
+    out_dir = Path(out) if out else run_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = collect(run_dir)
+    table = eval_table(records)
+    images = []
+    if table:
+        images.append(plot_eval_bars(table, out_dir / "eval_by_stage.png"))
+    curves = plot_stage_curves(records, out_dir / "stage_curves.png")
+    if curves:
+        images.append(curves)
+    (out_dir / "report.md").write_text(render_markdown(run_dir, records, table, images) + "\n")
+    summary = {"table": table, "stages": {r["stage"]: {k: v for k, v in r["manifest"].items()
+                                                      if isinstance(v, (int, float, str, bool, type(None)))}
+                                          for r in records}}
+    (out_dir / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return out_dir / "report.md"

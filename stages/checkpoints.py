@@ -1,0 +1,50 @@
+"""Atomic stage checkpoints: trainer state + model dir + the stage's own position, and a ``latest`` pointer.
+
+A checkpoint is written into a temp dir and renamed, then the pointer is replaced: a kill at any moment
+leaves either the previous checkpoint or the new one, never half of one. Used by the SFT and RL stages.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def checkpoint_root(out_dir: Path) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def latest_checkpoint(out_dir: Path) -> tuple[Path, dict] | None:
+    """The newest complete checkpoint and its ``state.json``, or None. Incomplete ones are ignored."""
+    root = checkpoint_root(out_dir)
+    pointer = root / "latest"
+    if not pointer.is_file():
+        return None
+    ckpt = root / pointer.read_text().strip()
+    state_file = ckpt / "state.json"
+    if not state_file.is_file():
+        return None
+    return ckpt, json.loads(state_file.read_text())
+
+
+def save_checkpoint(trainer, out_dir: Path, step: int, state: Mapping[str, Any], keep: int) -> Path:
+    """Save the trainer actor's state plus ``{"step": step, **state}``; keep the newest ``keep`` checkpoints."""
+    import ray
+
+    root = checkpoint_root(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:05d}"
+    tmp = root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ray.get(trainer.save_checkpoint.remote(str(tmp)))
+    (tmp / "state.json").write_text(json.dumps({"step": step, **state}))
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    pointer_tmp = root / ".latest.tmp"
+    pointer_tmp.write_text(name)
+    pointer_tmp.replace(root / "latest")
+    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final

@@ -1,0 +1,195 @@
+"""`r1 run` bookkeeping (order, skip, resume, fresh start on change), the report, and the config plumbing of
+the later stages. Stage bodies here are stand-ins that write a model dir; the real stages have their own
+tests and the slow end-to-end test runs them all."""
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline import recipe
+from pipeline.config import load_config
+from pipeline.recipe import Stage, fingerprint, run_recipe, select_stages
+from rewards import weighted_sum
+
+
+def _cfg(tmp_path, *overrides):
+    return load_config(None, [f"run.output_dir={tmp_path}", "run.name=t", "recipe.eval_each_stage=false",
+                              *overrides])
+
+
+class Recorder:
+    """Stand-in stages: each call records itself and writes a model dir; one may be told to crash once."""
+
+    def __init__(self):
+        self.calls = []
+        self.crash_in = None
+
+    def stage(self, name):
+        def run(cfg):
+            self.calls.append(name)
+            out = cfg.run_dir() / name
+            (out / "model").mkdir(parents=True, exist_ok=True)
+            (out / "model" / "config.json").write_text("{}")
+            (out / "progress.txt").write_text("partial")
+            if self.crash_in == name:
+                self.crash_in = None
+                raise KeyboardInterrupt("killed")
+            return {"model": str(out / "model")}
+        return run
+
+
+@pytest.fixture
+def fake_stages(monkeypatch):
+    rec = Recorder()
+    stages = (Stage("a", rec.stage("a"), ("cold_start",)),
+              Stage("b", rec.stage("b"), ("rl",), ("a",)),
+              Stage("c", rec.stage("c"), ("sft",), ("b",)))
+    monkeypatch.setattr(recipe, "STAGES", stages)
+    monkeypatch.setattr(recipe, "STAGE_NAMES", tuple(s.name for s in stages))
+    return rec
+
+
+def test_select_stages_order_and_errors():
+    names = [s.name for s in select_stages("reasoning_rl", "sft")]
+    assert names == ["reasoning_rl", "rejection_sample", "sft"]
+    assert [s.name for s in select_stages(None, None)][0] == "base"
+    with pytest.raises(ValueError, match="unknown stage 'nope'"):
+        select_stages("nope", None)
+    with pytest.raises(ValueError, match="comes after"):
+        select_stages("sft", "cold_start")
+
+
+def test_second_run_skips_complete_stages(tmp_path, fake_stages):
+    cfg = _cfg(tmp_path)
+    first = run_recipe(cfg)
+    assert fake_stages.calls == ["a", "b", "c"]
+    assert all(m["complete"] for m in first)
+    run_recipe(cfg)
+    assert fake_stages.calls == ["a", "b", "c"]  # nothing ran again
+    manifest = json.loads((cfg.run_dir() / "b" / "manifest.json").read_text())
+    assert manifest["inputs"] == {"a": first[0]["fingerprint"]}
+
+
+def test_config_change_reruns_that_stage_and_everything_after_it(tmp_path, fake_stages):
+    run_recipe(_cfg(tmp_path))
+    changed = _cfg(tmp_path, "rl.steps=3")  # only stage b reads rl
+    run_recipe(changed)
+    assert fake_stages.calls == ["a", "b", "c", "b", "c"]
+
+
+def test_a_killed_stage_resumes_in_its_folder_and_a_changed_one_starts_afresh(tmp_path, fake_stages):
+    cfg = _cfg(tmp_path)
+    fake_stages.crash_in = "b"
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(cfg)
+    stage_b = cfg.run_dir() / "b"
+    assert (stage_b / "progress.txt").exists() and not (stage_b / "manifest.json").exists()
+    (stage_b / "checkpoint.txt").write_text("keep me")  # what a real stage resumes from
+    run_recipe(cfg)
+    assert fake_stages.calls == ["a", "b", "b", "c"]
+    assert (stage_b / "checkpoint.txt").exists()  # same config: the folder (and its checkpoints) was kept
+    (stage_b / "manifest.json").unlink()  # interrupted again, then the config changes
+    run_recipe(_cfg(tmp_path, "rl.steps=3"))
+    assert not (stage_b / "checkpoint.txt").exists()  # a different run must not resume from it
+
+
+def test_from_uses_upstream_manifests_and_until_stops(tmp_path, fake_stages):
+    cfg = _cfg(tmp_path)
+    run_recipe(cfg, until="a")
+    assert fake_stages.calls == ["a"]
+    run_recipe(cfg, start="b")
+    assert fake_stages.calls == ["a", "b", "c"]
+    b = json.loads((cfg.run_dir() / "b" / "manifest.json").read_text())
+    a = json.loads((cfg.run_dir() / "a" / "manifest.json").read_text())
+    assert b["inputs"]["a"] == a["fingerprint"]
+
+
+def test_fingerprint_depends_on_sections_and_inputs(tmp_path):
+    stage = Stage("x", lambda c: {}, ("sft",), ("cold_start",))
+    base = fingerprint(_cfg(tmp_path), stage, {"cold_start": "f1"})
+    assert fingerprint(_cfg(tmp_path, "rl.steps=99"), stage, {"cold_start": "f1"}) == base
+    assert fingerprint(_cfg(tmp_path, "sft.lr=0.5"), stage, {"cold_start": "f1"}) != base
+    assert fingerprint(_cfg(tmp_path), stage, {"cold_start": "f2"}) != base
+    assert fingerprint(_cfg(tmp_path, "eval.n_samples=8"), stage, {"cold_start": "f1"}) != base
+
+
+def test_general_rl_config_merges_tasks_and_fills_the_reward_model(tmp_path):
+    from pipeline.rl import general_rl_config
+
+    cfg = _cfg(tmp_path)
+    g = general_rl_config(cfg)
+    names = [t.name for t in g.data.tasks]
+    assert names == [t.name for t in cfg.data.tasks] + ["instruction"]
+    rm = next(i for i in g.rewards.items if i.name == "reward_model")
+    assert rm.options["model"] == str(cfg.run_dir() / "reward_model" / "model") and rm.tasks == ["instruction"]
+    assert g.rl.steps == cfg.general_rl.steps and g.rl.init_model == cfg.model.name  # no sft model yet
+
+
+def test_reward_scoped_to_tasks_scores_zero_elsewhere():
+    score = weighted_sum([{"name": "format", "weight": 1.0, "tasks": ["instruction"]},
+                          {"name": "correctness", "weight": 1.0}])
+    good = "<think>\n2+2\n</think>\n<answer>\n4\n</answer>"
+    total, parts = score(good, {"task": "arithmetic", "answer": "4"})
+    assert total == 1.0 and parts["format"].reason == "not_applicable"
+    total, parts = score(good, {"task": "instruction", "answer": "4"})
+    assert parts["format"] == 1.0
+    with pytest.raises(ValueError, match="tasks must be a list"):
+        weighted_sum([{"name": "format", "tasks": [1]}])
+
+
+def test_reward_model_reward_without_a_model_scores_zero():
+    total, parts = weighted_sum([{"name": "reward_model"}])("x", {"prompt": "p"})
+    assert total == 0.0 and parts["reward_model"].reason == "no_reward_model"
+
+
+def test_student_layers_are_spread_and_the_student_runs(tiny_model_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trainer.model_io import make_student, student_layer_indices
+
+    assert student_layer_indices(30, 16)[0] == 0 and student_layer_indices(30, 16)[-1] == 29
+    assert len(student_layer_indices(30, 16)) == 16 and student_layer_indices(30, 1) == [29]
+    with pytest.raises(ValueError, match="student_layers=31"):
+        student_layer_indices(30, 31)
+    out = make_student(tiny_model_dir, 1, tmp_path / "student")
+    student = AutoModelForCausalLM.from_pretrained(out)
+    parent = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert student.config.num_hidden_layers == 1
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert torch.equal(student.model.layers[0].mlp.up_proj.weight, parent.model.layers[1].mlp.up_proj.weight)
+    gen = student.generate(ids, max_new_tokens=3, do_sample=False)  # the KV cache works with renumbered layers
+    assert gen.shape == (1, 7)
+
+
+def _fake_eval(stage_dir: Path, p1: float, fmt: float):
+    (stage_dir / "eval").mkdir(parents=True, exist_ok=True)
+    row = {"n_prompts": 10, "n_samples": 2, "pass_at": {"1": p1, "2": p1 + 0.1}, "maj_at": {"2": p1},
+           "pass1_ci95": [p1 - 0.1, p1 + 0.1], "format_rate": fmt}
+    (stage_dir / "eval" / "eval.json").write_text(json.dumps(
+        {"tasks": {"arithmetic": row, "instruction": {**row, "pass_at": {"1": 0.5}}, "all": row}}))
+
+
+def test_report_has_a_row_per_evaluated_stage_and_plots(tmp_path):
+    from pipeline.report import write_report
+
+    run = tmp_path / "run"
+    for name, p1, fmt in (("base", 0.02, 0.0), ("cold_start", 0.2, 0.95), ("reasoning_rl", 0.3, 0.99)):
+        _fake_eval(run / name, p1, fmt)
+        (run / name / "manifest.json").write_text(json.dumps({"complete": True, "seconds": 12.5}))
+    (run / "reasoning_rl" / "metrics.jsonl").write_text(
+        "\n".join(json.dumps({"step": s, "reward/mean": 0.1 * s, "accuracy": 0.1, "format_rate": 0.9})
+                  for s in range(1, 4)) + "\n")
+    (run / "rejection_sample").mkdir()
+    (run / "rejection_sample" / "stats.json").write_text(json.dumps({
+        "acceptance": {"all": {"prompts": 4, "candidates": 16, "kept": 5, "acceptance_rate": 0.3125,
+                               "prompt_coverage": 0.75}},
+        "rejection_reasons": {"incorrect": 9, "duplicate": 2}, "non_reasoning": 1}))
+    md = write_report(run).read_text()
+    assert "| cold_start | 0.200 | [0.100, 0.300] | 0.950 |" in md
+    assert "| reasoning_rl | 0.300 |" in md and "instruction pass@1" in md
+    assert '"incorrect": 9' in md and "![eval_by_stage](eval_by_stage.png)" in md
+    assert (run / "report" / "eval_by_stage.png").stat().st_size > 1000
+    assert (run / "report" / "stage_curves.png").stat().st_size > 1000
+    with pytest.raises(FileNotFoundError, match="no stage folders"):
+        write_report(tmp_path / "empty")
