@@ -103,6 +103,22 @@ def start_trainer(cfg: RecipeConfig, model_dir: str, settings, cls=None):
     return ray.remote(cls).options(**options).remote(model_dir, settings)
 
 
+def start_rollout(cfg: RecipeConfig, model_dir: str):
+    """A ``RolloutWorker`` actor (vLLM) on the config's rollout resources, up and ready: what the eval and
+    sampling stages generate with, so they run wherever the cluster has room (a GPU node on a cluster)."""
+    import ray
+
+    from .actors import RolloutWorker
+    from .evaluation import engine_options
+
+    connect(cfg)
+    threads = default_threads(cfg)
+    handle = ray.remote(RolloutWorker).options(**_options(cfg.cluster.rollout, threads)).remote(
+        cfg.rollout.engine, model_dir, engine_options(cfg), threads)
+    ray.get(handle.ready.remote())
+    return handle
+
+
 def check_sandbox(cfg: RecipeConfig) -> None:
     """Code tasks or a code reward need the sandbox: fail now, in one line, if it cannot run here."""
     uses_code = any(t.name == "code" for t in cfg.data.tasks) or any(i.name == "code" for i in cfg.rewards.items)
@@ -129,7 +145,7 @@ def build_rl_actors(cfg: RecipeConfig, model_dir: str, *, prefilled_think: bool,
     settings = trainer_settings(cfg, total_optimizer_steps)
     trainer = start_trainer(cfg, model_dir, settings)
     rollout = ray.remote(RolloutWorker).options(**_options(c.rollout, threads)).remote(
-        cfg.rollout.engine, model_dir, engine_options(cfg), threads)
+        cfg.rollout.engine, model_dir, engine_options(cfg), threads)  # readiness checked below, with the rest
     items = [item.model_dump() for item in cfg.rewards.items]
     rewards = [ray.remote(RewardWorker).options(**_options(c.reward, 1)).remote(items, prefilled_think, threads)
                for _ in range(c.reward_workers)]

@@ -79,10 +79,13 @@ def extract_answers(rows: list[dict], pattern: str, *, source: str) -> list[dict
 
 
 def write_datasets(cfg: RecipeConfig, out_dir: Path) -> dict[str, Path]:
-    """Write ``train.jsonl``, ``test.jsonl`` and ``cold_start.jsonl`` (R1-format demos of train) to ``out_dir``."""
+    """Write ``train.jsonl``, ``test.jsonl`` and ``cold_start.jsonl`` (R1-format demos of train) to ``out_dir``:
+    the reasoning tasks and the general tasks of stage 5 alike."""
     from tasks import make_demonstration, write_jsonl
 
     train, test = build_splits(cfg)
+    general_train, general_test = general_splits(cfg)
+    train, test = train + general_train, test + general_test
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"train": out_dir / "train.jsonl", "test": out_dir / "test.jsonl", "cold_start": out_dir / "cold_start.jsonl"}

@@ -46,3 +46,34 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     half = 1.96 * math.sqrt(var / n)
     return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
+def paired_difference(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Mean of ``after[p] - before[p]`` over the prompts both scored, with a 95% interval and z.
+
+    Pairing by prompt removes the prompt-difficulty variance both evals share, so a change is judged
+    against the noise of the change itself, not of each eval separately.
+    """
+    keys = sorted(set(before) & set(after))
+    diffs = [after[k] - before[k] for k in keys]
+    n = len(diffs)
+    if n < 2:
+        return {"n": n, "mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "z": float("nan")}
+    mean = sum(diffs) / n
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n)
+    return {"n": n, "mean": mean, "ci_low": mean - 1.96 * se, "ci_high": mean + 1.96 * se,
+            "z": mean / se if se > 0 else (0.0 if mean == 0 else math.copysign(math.inf, mean))}
+
+
+def per_prompt_rates(eval_samples_path, key: str = "correct") -> dict[str, float]:
+    """Per prompt, the share of its completions with ``key`` true, from an ``eval_samples.jsonl``."""
+    import json
+
+    rates = {}
+    with open(eval_samples_path) as fh:
+        for line in fh:
+            row = json.loads(line)
+            comps = row["completions"]
+            if comps:
+                rates[str(row["id"])] = sum(bool(c[key]) for c in comps) / len(comps)
+    return rates

@@ -73,7 +73,17 @@ def summarize_rl_run(stage_dir: str | Path) -> dict:
         vals = [r[key] for r in steps if r.get(key) is not None]
         return round(statistics.fmean(vals), 4) if vals else None
 
+    paired = None
+    if len(evals) >= 2:
+        from .metrics import paired_difference, per_prompt_rates
+
+        first, last = (stage_dir / "eval" / f"step_{r['step']:05d}" / "eval_samples.jsonl"
+                       for r in (evals[0], evals[-1]))
+        if first.is_file() and last.is_file():
+            paired = {name: paired_difference(per_prompt_rates(first, key), per_prompt_rates(last, key))
+                      for name, key in (("pass@1", "correct"), ("format_rate", "format"))}
     return {"evals": [ev(r) for r in evals],
+            "paired_first_to_last": paired,
             "first_eval": ev(evals[0]) if evals else None, "last_eval": ev(evals[-1]) if evals else None,
             "steps": len(steps),
             "seconds_per_step": mean("time/step"),

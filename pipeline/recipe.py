@@ -219,11 +219,20 @@ def run_recipe(cfg: RecipeConfig, *, start: str | None = None, until: str | None
 
 def evaluate_stage(cfg: RecipeConfig, stage: str, model: str) -> dict:
     """Held-out eval of a stage's model on the recipe's whole test split; returns the "all" row as a dict."""
+    import ray
+
+    from stages.reasoning_rl import RemoteEngine
+
+    from .cluster import start_rollout
     from .data import recipe_test_split
     from .evaluation import run_eval
 
-    metrics, table = run_eval(cfg, model=model, out=str(cfg.run_dir() / stage / "eval"), label=stage,
-                              samples=recipe_test_split(cfg))
+    handle = start_rollout(cfg, model)  # an actor: on a cluster the eval runs where the GPUs are
+    try:
+        metrics, table = run_eval(cfg, model=model, out=str(cfg.run_dir() / stage / "eval"), label=stage,
+                                  samples=recipe_test_split(cfg), engine=RemoteEngine(handle))
+    finally:
+        ray.kill(handle)
     print(f"\n[{stage}]\n{table}")
     row = metrics.get("all") or next(iter(metrics.values()))
     return {"pass@1": row.pass_at.get(1), "pass@1_ci": list(row.pass1_ci), "format_rate": row.format_rate,

@@ -35,15 +35,17 @@ def verified_dataset(cfg: RecipeConfig, model: str, out_dir: Path, *, prompts: i
                      temperature: float, max_per_prompt: int, non_reasoning_ratio: float) -> dict:
     """Sample ``model`` on the reasoning train prompts, keep verified and clean completions, mix in the
     non-reasoning tasks' references; write ``data.jsonl`` + ``stats.json`` under ``out_dir``."""
+    import ray
     from transformers import AutoTokenizer
 
-    from rollout import SamplingSpec, build_engine
+    from rollout import SamplingSpec
+    from stages.reasoning_rl import RemoteEngine
     from stages.rejection_sample import build_dataset, sample_candidates, write_dataset
     from tasks import make_demonstration
     from trainer.model_io import resolve_model
 
+    from .cluster import start_rollout
     from .data import build_splits, general_splits
-    from .evaluation import engine_options
     from .prompting import template_prefills_think
 
     model_dir = resolve_model(model)
@@ -65,12 +67,13 @@ def verified_dataset(cfg: RecipeConfig, model: str, out_dir: Path, *, prompts: i
                             max_new_tokens=cfg.rejection.max_new_tokens or cfg.rollout.max_new_tokens,
                             seed=cfg.run.seed, logprobs=False)
     log.info("sampling %s: %d prompts x %d", model_dir, len(reasoning), n_samples)
-    engine = build_engine(cfg.rollout.engine, model_dir, **engine_options(cfg))
+    handle = start_rollout(cfg, model_dir)
     try:
-        candidates = sample_candidates(engine, tokenizer, reasoning, system_prompt=cfg.data.system_prompt,
-                                       sampling=sampling, prefilled_think=prefilled)
+        candidates = sample_candidates(RemoteEngine(handle), tokenizer, reasoning,
+                                       system_prompt=cfg.data.system_prompt, sampling=sampling,
+                                       prefilled_think=prefilled)
     finally:
-        engine.close()
+        ray.kill(handle)
     rows, stats = build_dataset(candidates, non_reasoning, filter_settings(cfg, max_per_prompt),
                                 ratio=non_reasoning_ratio, seed=cfg.run.seed, system_prompt=cfg.data.system_prompt,
                                 prefilled_think=prefilled)

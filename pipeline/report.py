@@ -27,6 +27,11 @@ TARGETS = {
 }
 
 
+# Which stage each stage's effect is measured against (paired over the same held-out prompts).
+COMPARED_WITH = {"cold_start": "base", "reasoning_rl": "cold_start", "sft": "cold_start", "general_rl": "sft",
+                 "distill": "base", "student_rl": "distill"}
+
+
 def collect(run_dir: str | Path) -> list[dict]:
     """One record per stage that has a folder: manifest, eval summary (all tasks) and metric rows."""
     from .tracking import read_metrics
@@ -71,7 +76,23 @@ def eval_table(records: list[dict]) -> list[dict]:
                       "n_samples": row["n_samples"], "per_task": per_task,
                       "maj": {k: v for k, v in row["maj_at"].items() if k != "1"},
                       "pass_k": {k: v for k, v in row["pass_at"].items() if k != "1"}})
+    by_stage = {rec["stage"]: rec for rec in records}
+    for row in table:
+        ref = COMPARED_WITH.get(row["stage"])
+        if ref in by_stage and by_stage[ref]["eval"]:
+            row["vs"] = ref
+            row["delta"] = _paired(by_stage[ref]["dir"], by_stage[row["stage"]]["dir"], "correct")
+            row["delta_format"] = _paired(by_stage[ref]["dir"], by_stage[row["stage"]]["dir"], "format")
     return table
+
+
+def _paired(before_dir: Path, after_dir: Path, key: str) -> dict | None:
+    from .metrics import paired_difference, per_prompt_rates
+
+    a, b = (Path(d) / "eval" / "eval_samples.jsonl" for d in (before_dir, after_dir))
+    if not (a.is_file() and b.is_file()):
+        return None
+    return paired_difference(per_prompt_rates(a, key), per_prompt_rates(b, key))
 
 
 def plot_eval_bars(table: list[dict], out_png: Path) -> Path:
@@ -154,14 +175,16 @@ def render_markdown(run_dir: Path, records: list[dict], table: list[dict], image
         lines += [f"Held-out eval of every stage's model: {n['n_prompts']} prompts x {n['n_samples']} samples, "
                   "pass@1 with a 95% confidence interval over prompts.", "",
                   "| stage | pass@1 | 95% CI | format rate | " + " | ".join(f"{t} pass@1" for t in tasks)
-                  + " | targets |",
-                  "|---|---|---|---|" + "---|" * len(tasks) + "---|"]
+                  + " | change vs | Δ pass@1 (paired 95% CI) | Δ format | targets |",
+                  "|---|---|---|---|" + "---|" * len(tasks) + "---|---|---|---|"]
         for r in table:
             lines.append(f"| {r['stage']} | {_fmt(r['pass@1'])} | [{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}] | "
                          f"{_fmt(r['format_rate'])} | "
                          + " | ".join(_fmt(r["per_task"].get(t)) for t in tasks)
-                         + f" | {TARGETS.get(r['stage'], '')} |")
-        lines.append("")
+                         + f" | {r.get('vs', '')} | {_delta(r.get('delta'))} | {_delta(r.get('delta_format'))} | "
+                         f"{TARGETS.get(r['stage'], '')} |")
+        lines += ["", "Δ: the change against the named stage, paired over the same prompts (mean of per-prompt "
+                  "differences, 95% interval, z).", ""]
     lines += ["## Stages", "", "| stage | complete | seconds | peak memory (GiB) | notes |", "|---|---|---|---|---|"]
     for rec in records:
         m = rec["manifest"]
@@ -180,6 +203,12 @@ def render_markdown(run_dir: Path, records: list[dict], table: list[dict], image
     for img in images:
         lines += [f"![{img.stem}]({img.name})", ""]
     return "\n".join(lines)
+
+
+def _delta(d: dict | None) -> str:
+    if not d or d.get("n", 0) < 2:
+        return ""
+    return f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], z={d['z']:.1f}"
 
 
 def _notes(rec: dict) -> str:

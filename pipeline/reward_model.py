@@ -29,9 +29,11 @@ def preference_pairs(cfg: RecipeConfig) -> tuple[list[dict], list[dict]]:
     else:
         samples = build_splits(cfg)[0] + general_splits(cfg)[0]
         samples = random.Random(cfg.run.seed).sample(samples, min(len(samples), c.pairs + c.eval_pairs))
-        pairs = make_preference_pairs(samples, seed=cfg.run.seed, system_prompt=cfg.data.system_prompt)
+        # No system prompt: it carries no preference signal and would double every sequence. The
+        # reward_model reward scores the same way (its system_prompt option is unset by default).
+        pairs = make_preference_pairs(samples, seed=cfg.run.seed)
     random.Random(cfg.run.seed + 1).shuffle(pairs)
-    n_eval = min(c.eval_pairs, max(1, len(pairs) // 5))
+    n_eval = min(c.eval_pairs, max(1, len(pairs) // 2))
     if len(pairs) - n_eval < 1:
         raise ValueError(f"reward_model: only {len(pairs)} preference pairs; need at least 2")
     return pairs[n_eval:n_eval + c.pairs], pairs[:n_eval]

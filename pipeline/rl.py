@@ -103,8 +103,7 @@ def general_rl_config(cfg: RecipeConfig) -> RecipeConfig:
     reward_model_dir = str(cfg.run_dir() / "reward_model" / "model")
     for item in items:
         if item["name"] == "reward_model" and not item["options"].get("model"):
-            item["options"] = {**item["options"], "model": reward_model_dir,
-                               "system_prompt": item["options"].get("system_prompt", cfg.data.system_prompt)}
+            item["options"] = {**item["options"], "model": reward_model_dir}
     g["init_model"] = g["init_model"] or _stage_model(cfg, "sft") or cfg.model.name
     have = {t["name"] for t in tree["data"]["tasks"]}
     tree["data"]["tasks"] += [t for t in general_tasks if t["name"] not in have]

@@ -43,7 +43,7 @@ def test_make_data_writes_disjoint_splits_and_demos(tmp_path):
     assert out.returncode == 0, out.stderr
     read = lambda name: [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
     train, test, demos = read("train"), read("test"), read("cold_start")
-    assert {s["task"] for s in test} == {"arithmetic", "word_problem", "countdown", "linear_equation", "instruction"}
+    assert {s["task"] for s in test} == {"arithmetic", "word_problem", "instruction"}  # instruction: general_rl
     assert not {s["prompt"] for s in train} & {s["prompt"] for s in test}
     assert len(demos) == len(train)
     assert demos[0]["messages"][0]["role"] == "system" and demos[0]["messages"][-1]["content"].startswith("<think>")

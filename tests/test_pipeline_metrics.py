@@ -44,3 +44,24 @@ def test_mean_ci95_contains_mean_and_shrinks_with_n():
     assert small[1] < 0.5 < small[2]
     assert (large[2] - large[1]) < (small[2] - small[1])
     assert mean_ci95([1.0] * 10) == (1.0, 1.0, 1.0)
+
+
+def test_paired_difference_matches_a_hand_computation(tmp_path):
+    import json
+    import math
+
+    from pipeline.metrics import paired_difference, per_prompt_rates
+
+    before = {"a": 0.0, "b": 0.5, "c": 1.0, "d": 0.0}
+    after = {"a": 0.5, "b": 1.0, "c": 1.0, "d": 0.5, "e": 1.0}  # "e" has no partner: ignored
+    d = paired_difference(before, after)
+    diffs = [0.5, 0.5, 0.0, 0.5]
+    se = math.sqrt(sum((x - 0.375) ** 2 for x in diffs) / 3 / 4)
+    assert d["n"] == 4 and d["mean"] == 0.375 and abs(d["z"] - 0.375 / se) < 1e-12
+    assert abs(d["ci_low"] - (0.375 - 1.96 * se)) < 1e-12
+    assert math.isnan(paired_difference({"a": 1.0}, {"a": 0.0})["mean"])
+    path = tmp_path / "eval_samples.jsonl"
+    path.write_text("\n".join(json.dumps({"id": i, "completions": [{"correct": c, "format": True} for c in cs]})
+                              for i, cs in (("x", [True, False]), ("y", [False, False]))) + "\n")
+    assert per_prompt_rates(path) == {"x": 0.5, "y": 0.0}
+    assert per_prompt_rates(path, "format") == {"x": 1.0, "y": 1.0}

@@ -168,6 +168,10 @@ def _fake_eval(stage_dir: Path, p1: float, fmt: float):
            "pass1_ci95": [p1 - 0.1, p1 + 0.1], "format_rate": fmt}
     (stage_dir / "eval" / "eval.json").write_text(json.dumps(
         {"tasks": {"arithmetic": row, "instruction": {**row, "pass_at": {"1": 0.5}}, "all": row}}))
+    correct = [[i < p1 * 10, True] for i in range(10)]  # prompt i right in its first sample iff i < 10 * p1
+    (stage_dir / "eval" / "eval_samples.jsonl").write_text("\n".join(json.dumps(
+        {"id": f"p{i}", "completions": [{"correct": c, "format": fmt > 0.5} for c in cs]})
+        for i, cs in enumerate(correct)) + "\n")
 
 
 def test_report_has_a_row_per_evaluated_stage_and_plots(tmp_path):
@@ -187,6 +191,8 @@ def test_report_has_a_row_per_evaluated_stage_and_plots(tmp_path):
         "rejection_reasons": {"incorrect": 9, "duplicate": 2}, "non_reasoning": 1}))
     md = write_report(run).read_text()
     assert "| cold_start | 0.200 | [0.100, 0.300] | 0.950 |" in md
+    # cold start vs base, paired: prompt 1 gained half a sample (0.05 on average), format 0 -> 1 everywhere
+    assert "| base | +0.050 [-0.048, +0.148], z=1.0 | +1.000 [+1.000, +1.000], z=inf |" in md
     assert "| reasoning_rl | 0.300 |" in md and "instruction pass@1" in md
     assert '"incorrect": 9' in md and "![eval_by_stage](eval_by_stage.png)" in md
     assert (run / "report" / "eval_by_stage.png").stat().st_size > 1000
