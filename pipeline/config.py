@@ -282,7 +282,7 @@ class DistillConfig(_Strict):
 
     teacher: str | None = Field(None, description="default: the general_rl stage's model")
     student: str | None = Field(None, description="student model dir; default: model.name cut to student_layers")
-    student_layers: int = Field(16, ge=1, description="decoder layers kept (evenly spaced) when making the student")
+    student_layers: int = Field(16, ge=1, description="decoder layers kept (a first and a last block) when making the student")
     prompts: int | None = Field(None, ge=1, description="train prompts the teacher answers (default: all)")
     n_samples: int = Field(2, ge=1)
     temperature: float = Field(0.7, gt=0)
@@ -291,6 +291,8 @@ class DistillConfig(_Strict):
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-4, gt=0)
     rl_only_steps: int | None = Field(None, ge=1, description="steps of the RL-only student (default: rl.steps)")
+    with_rejection_data: bool = Field(True, description="also train on the rejection_sample stage's dataset (the "
+                                      "R1 paper distils with that curated SFT data)")
 
 
 class RecipeStagesConfig(_Strict):

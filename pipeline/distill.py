@@ -38,11 +38,18 @@ def run_distill(cfg: RecipeConfig, *, out: str | None = None) -> dict:
                          temperature=d.temperature, max_per_prompt=d.max_per_prompt,
                          non_reasoning_ratio=cfg.rejection.non_reasoning_ratio)
     examples = read_chat_examples(str(data_dir / "data.jsonl"), field="distill teacher data")
+    curated = cfg.run_dir() / "rejection_sample" / "data.jsonl"
+    if d.with_rejection_data and curated.is_file():
+        extra = read_chat_examples(str(curated), field="rejection_sample data")
+        for ex in extra:  # ids of both sets come from the same prompts; keep them apart
+            ex["id"] = f"rs:{ex.get('id')}"
+        examples += extra
     sft = SFTConfig(epochs=d.epochs, batch_size=d.batch_size, lr=d.lr, max_length=cfg.sft.max_length,
                     save_every=cfg.sft.save_every, packing=cfg.sft.packing, eval=False)
     summary = run_sft(cfg, sft, examples, out_dir=out_dir, stage="distill", init_model=student, evaluate=False)
     stats = json.loads(stats_file.read_text())
     summary.update({"teacher": teacher, "student_init": student, "teacher_rows": stats["rows"],
+                    "rows": len(examples),
                     "teacher_acceptance": stats["acceptance"].get("all", {}).get("acceptance_rate")})
     return summary
 

@@ -97,8 +97,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("sft", _sft, ("sft", "trainer"), ("rejection_sample",)),
     Stage("reward_model", _reward_model, ("reward_model", "trainer"), has_model=False),
     Stage("general_rl", _general_rl, ("general_rl", "rewards", "trainer"), ("sft", "reward_model")),
-    Stage("distill", _distill, ("distill", "rejection", "sft.max_length", "sft.save_every", "trainer"),
-          ("general_rl",)),
+    Stage("distill", _distill, ("distill", "rejection", "sft.max_length", "sft.save_every", "sft.packing",
+                                "trainer"), ("general_rl", "rejection_sample")),
     Stage("student_rl", _student_rl, ("rl", "rewards", "trainer", "distill.student", "distill.student_layers",
                                       "distill.rl_only_steps")),
 )

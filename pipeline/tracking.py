@@ -46,7 +46,7 @@ class MetricsLogger:
         numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
         if self.tb is not None:
             for k, v in numeric.items():
-                self.tb.add_scalar(k.replace("@", "_at_"), v, step)  # TensorBoard tags may not hold '@'
+                self.tb.add_scalar(k.replace("@", "_at_").replace(":", "_"), v, step)  # tags may not hold @ or :
 
             self.tb.flush()
         if self.wandb is not None:

@@ -148,8 +148,8 @@ def test_student_layers_are_spread_and_the_student_runs(tiny_model_dir, tmp_path
 
     from trainer.model_io import make_student, student_layer_indices
 
-    assert student_layer_indices(30, 16)[0] == 0 and student_layer_indices(30, 16)[-1] == 29
-    assert len(student_layer_indices(30, 16)) == 16 and student_layer_indices(30, 1) == [29]
+    assert student_layer_indices(30, 16) == list(range(6)) + list(range(20, 30))
+    assert student_layer_indices(30, 30) == list(range(30)) and student_layer_indices(30, 1) == [29]
     with pytest.raises(ValueError, match="student_layers=31"):
         student_layer_indices(30, 31)
     out = make_student(tiny_model_dir, 1, tmp_path / "student")

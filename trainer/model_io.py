@@ -104,16 +104,17 @@ def resolve_model(spec: str, *, cache: Path | None = None) -> str:
 
 
 def student_layer_indices(n_layers: int, keep: int) -> list[int]:
-    """``keep`` decoder layers spread evenly over ``n_layers``, always the first and the last.
+    """The ``keep`` decoder layers a student keeps: a first block and a last block, the middle cut out.
 
-    The first layer reads the embeddings and the last writes into the head; keeping both makes a cut model
-    start far closer to its parent than keeping a prefix of layers does.
+    Measured on SmolLM2-135M (30 layers, keeping 16, next-token loss on R1-format demos; full model 2.21):
+    the first 6 + the last 10 layers give 6.2, every other layer evenly spaced 11.6, the first 15 + the last
+    22.7. Neighbouring layers stay neighbours, so each layer still reads the residual stream it was trained
+    on, except at one seam; late layers matter more than early ones, hence 3/8 of the kept layers in front.
     """
     if not 1 <= keep <= n_layers:
         raise ValueError(f"distill.student_layers={keep}: must be between 1 and the teacher's {n_layers} layers")
-    if keep == 1:
-        return [n_layers - 1]
-    return sorted({round(i * (n_layers - 1) / (keep - 1)) for i in range(keep)})
+    front = round(keep * 3 / 8)
+    return list(range(front)) + list(range(n_layers - (keep - front), n_layers))
 
 
 def make_student(parent: str, keep_layers: int, out_dir: str | Path) -> str:
