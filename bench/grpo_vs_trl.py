@@ -35,7 +35,7 @@ def _config(args):
                  f"rollout.max_new_tokens={args.max_new_tokens}", "rl.temperature=1.0", "rl.top_p=1.0",
                  "rl.loss_agg=token-mean", "rl.clip_low=0.2", "rl.clip_high=0.28", "rl.kl_coef=0",
                  "trainer.precision=bf16", "trainer.micro_batch_size=8", f"trainer.optim.lr={args.lr}",
-                 "rl.tis_cap=null", *args.overrides]
+                 "rl.tis_cap=null", "rollout.kv_cache_gb=2.0", "rollout.enforce_eager=false", *args.overrides]
     return load_config(args.config, overrides)
 
 

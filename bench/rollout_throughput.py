@@ -69,7 +69,8 @@ def main() -> None:
     from rollout import SamplingSpec
     from rollout.vllm_engine import VLLMEngine
 
-    cfg = load_config(args.config, args.overrides)
+    # The KV cache and compile mode of the recorded results; a run may still override them.
+    cfg = load_config(args.config, ["rollout.kv_cache_gb=2.0", "rollout.enforce_eager=false", *args.overrides])
     model_dir, prompts = _prompts(cfg, args.prompts)
     # Ignore EOS would make lengths equal, but vLLM's sampler then differs from the RL run; instead the
     # same seed gives both engines the same samples, so they generate the same tokens.
