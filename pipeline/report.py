@@ -186,7 +186,8 @@ def render_markdown(run_dir: Path, records: list[dict], table: list[dict], image
         lines += ["", "Δ: the change against the named stage, paired over the same prompts (mean of per-prompt "
                   "differences, 95% interval, z).", ""]
     seconds = [r["manifest"].get("seconds") or 0 for r in records]
-    peaks = [r["manifest"].get("stage_peak_memory_gib") or 0 for r in records]
+    peaks = [max(r["manifest"].get("stage_peak_memory_gib") or 0, r["manifest"].get("peak_memory_gib") or 0)
+             for r in records]
     lines += ["## Stages", "", f"Wall time of the stages: {sum(seconds) / 60:.1f} min; peak memory of any stage "
               f"(driver + Ray processes, PSS): {max(peaks):.2f} GiB.", "",
               "| stage | complete | seconds | peak memory (GiB) | notes |", "|---|---|---|---|---|"]
