@@ -101,5 +101,6 @@ def eval_samples(cfg: RecipeConfig, data: str | None = None) -> list[dict]:
         from tasks.loaders import load_samples
 
         return load_samples(data)
-    train, test = build_splits(cfg)
-    return test if cfg.eval.split == "test" else train
+    if cfg.eval.split == "test":
+        return recipe_test_split(cfg)  # the split every stage of `r1 run` is evaluated on
+    return build_splits(cfg)[0] + general_splits(cfg)[0]

@@ -33,13 +33,14 @@ def run_distill(cfg: RecipeConfig, *, out: str | None = None) -> dict:
     student = student_init(cfg)
     data_dir = out_dir / "teacher_data"
     stats_file = data_dir / "stats.json"
+    curated = cfg.run_dir() / "rejection_sample" / "data.jsonl"
+    use_curated = d.with_rejection_data and curated.is_file()
     if not stats_file.is_file():  # a rerun after a crash keeps the teacher's finished samples
         verified_dataset(cfg, teacher, data_dir, prompts=d.prompts, n_samples=d.n_samples,
                          temperature=d.temperature, max_per_prompt=d.max_per_prompt,
-                         non_reasoning_ratio=cfg.rejection.non_reasoning_ratio)
+                         non_reasoning_ratio=cfg.rejection.non_reasoning_ratio, allow_empty=use_curated)
     examples = read_chat_examples(str(data_dir / "data.jsonl"), field="distill teacher data")
-    curated = cfg.run_dir() / "rejection_sample" / "data.jsonl"
-    if d.with_rejection_data and curated.is_file():
+    if use_curated:
         extra = read_chat_examples(str(curated), field="rejection_sample data")
         for ex in extra:  # ids of both sets come from the same prompts; keep them apart
             ex["id"] = f"rs:{ex.get('id')}"

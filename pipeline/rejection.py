@@ -32,9 +32,11 @@ def filter_settings(cfg: RecipeConfig, max_per_prompt: int):
 
 
 def verified_dataset(cfg: RecipeConfig, model: str, out_dir: Path, *, prompts: int | None, n_samples: int,
-                     temperature: float, max_per_prompt: int, non_reasoning_ratio: float) -> dict:
+                     temperature: float, max_per_prompt: int, non_reasoning_ratio: float,
+                     allow_empty: bool = False) -> dict:
     """Sample ``model`` on the reasoning train prompts, keep verified and clean completions, mix in the
-    non-reasoning tasks' references; write ``data.jsonl`` + ``stats.json`` under ``out_dir``."""
+    non-reasoning tasks' references; write ``data.jsonl`` + ``stats.json`` under ``out_dir``. Keeping no
+    completion at all is an error unless ``allow_empty`` (the caller has other data to train on)."""
     import ray
     from transformers import AutoTokenizer
 
@@ -77,7 +79,10 @@ def verified_dataset(cfg: RecipeConfig, model: str, out_dir: Path, *, prompts: i
     rows, stats = build_dataset(candidates, non_reasoning, filter_settings(cfg, max_per_prompt),
                                 ratio=non_reasoning_ratio, seed=cfg.run.seed, system_prompt=cfg.data.system_prompt,
                                 prefilled_think=prefilled)
-    if stats["kept_reasoning"] == 0:
+    if stats["kept_reasoning"] == 0 and allow_empty:
+        log.warning("sampling %s kept no completion of %d (reasons: %s); continuing with the other data",
+                    model_dir, len(candidates), stats["rejection_reasons"])
+    elif stats["kept_reasoning"] == 0:
         raise RuntimeError(f"rejection sampling kept no completion of {len(candidates)} from {model_dir} "
                            f"(reasons: {stats['rejection_reasons']}); the model is too weak for these prompts")
     path = write_dataset(out_dir, rows, candidates, stats)
