@@ -44,6 +44,9 @@ class RolloutWorker:
     def update_weights(self, state: Mapping[str, Any]) -> float:
         return self.engine.update_weights(state)
 
+    def load_model(self, model_dir: str) -> float:
+        return self.engine.load_model(model_dir)
+
     def close(self) -> None:
         self.engine.close()
 

@@ -5,6 +5,7 @@ submit``, or ``cluster.address``). Stages get a :class:`RLActors` of handles and
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -62,7 +63,8 @@ class RLActors:
     def kill(self) -> None:
         import ray
 
-        for handle in [self.rollout, self.trainer, self.reference, *self.rewards]:
+        release_rollout(self.rollout)  # a shared rollout actor outlives the stage
+        for handle in [self.trainer, self.reference, *self.rewards]:
             if handle is not None:
                 ray.kill(handle)
 
@@ -90,9 +92,9 @@ def _options(spec, threads: int | None) -> dict:
             "runtime_env": {"env_vars": worker_env(threads)}}
 
 
-def start_trainer(cfg: RecipeConfig, model_dir: str, settings, cls=None):
-    """A trainer actor (``PolicyTrainer`` unless ``cls`` is given, e.g. the reward-model trainer) with the
-    config's trainer resources (used by the RL, SFT and reward-model stages)."""
+def start_trainer(cfg: RecipeConfig, model_dir: str, settings, cls=None, *args):
+    """A trainer actor (``PolicyTrainer`` unless ``cls`` is given, e.g. the reward-model trainer; ``args``
+    follow ``model_dir, settings`` in its constructor) with the config's trainer resources."""
     import ray
 
     if cls is None:
@@ -100,12 +102,20 @@ def start_trainer(cfg: RecipeConfig, model_dir: str, settings, cls=None):
 
     connect(cfg)
     options = _options(cfg.cluster.trainer, default_threads(cfg))
-    return ray.remote(cls).options(**options).remote(model_dir, settings)
+    return ray.remote(cls).options(**options).remote(model_dir, settings, *args)
 
 
-def start_rollout(cfg: RecipeConfig, model_dir: str):
-    """A ``RolloutWorker`` actor (vLLM) on the config's rollout resources, up and ready: what the eval and
-    sampling stages generate with, so they run wherever the cluster has room (a GPU node on a cluster)."""
+def start_rollout(cfg: RecipeConfig, model_dir: str, *, wait: bool = True):
+    """A ``RolloutWorker`` actor (vLLM) on the config's rollout resources holding ``model_dir``: what the
+    eval, sampling and RL stages generate with, so they run wherever the cluster has room (a GPU node on a
+    cluster). Inside :func:`shared_rollouts` the running actor is reused when it fits. Give it back with
+    :func:`release_rollout`."""
+    if _shared is not None:
+        return _shared.get(cfg, model_dir)
+    return _new_rollout(cfg, model_dir, wait=wait)
+
+
+def _new_rollout(cfg: RecipeConfig, model_dir: str, *, wait: bool):
     import ray
 
     from .actors import RolloutWorker
@@ -115,8 +125,69 @@ def start_rollout(cfg: RecipeConfig, model_dir: str):
     threads = default_threads(cfg)
     handle = ray.remote(RolloutWorker).options(**_options(cfg.cluster.rollout, threads)).remote(
         cfg.rollout.engine, model_dir, engine_options(cfg), threads)
-    ray.get(handle.ready.remote())
+    if wait:
+        ray.get(handle.ready.remote())
     return handle
+
+
+def release_rollout(handle) -> None:
+    """End a stage's use of a rollout actor: kill it, unless it is the shared one (which lives on)."""
+    import ray
+
+    if handle is not None and (_shared is None or handle is not _shared.handle):
+        ray.kill(handle)
+
+
+class SharedRollout:
+    """One rollout actor that the stages of a `r1 run` pass on: each stage swaps its model's weights in
+    (``load_model``, ~1 s) instead of starting an engine (~15 s eager, ~60 s compiled, per stage). A model
+    of another architecture (the smaller student) or other engine settings replaces the actor."""
+
+    def __init__(self) -> None:
+        self.handle = None
+        self.key = None
+
+    def get(self, cfg: RecipeConfig, model_dir: str):
+        import ray
+
+        from rollout.architecture import architecture_of
+
+        from .evaluation import engine_options
+
+        key = (cfg.rollout.engine, repr(sorted(engine_options(cfg).items())),
+               repr(cfg.cluster.rollout.model_dump()), repr(architecture_of(model_dir)))
+        if self.handle is not None and key == self.key:
+            seconds = ray.get(self.handle.load_model.remote(model_dir))
+            log.info("shared rollout actor: loaded %s in %.1f s", model_dir, seconds)
+            return self.handle
+        self.close()
+        self.handle, self.key = _new_rollout(cfg, model_dir, wait=True), key
+        return self.handle
+
+    def close(self) -> None:
+        import ray
+
+        if self.handle is not None:
+            ray.kill(self.handle)
+        self.handle = self.key = None
+
+
+_shared: SharedRollout | None = None
+
+
+@contextlib.contextmanager
+def shared_rollouts(enabled: bool = True):
+    """Within this block :func:`start_rollout` hands every stage the same rollout actor where it fits."""
+    global _shared
+    if not enabled or _shared is not None:
+        yield
+        return
+    _shared = SharedRollout()
+    try:
+        yield
+    finally:
+        _shared.close()
+        _shared = None
 
 
 def check_sandbox(cfg: RecipeConfig) -> None:
@@ -136,16 +207,14 @@ def build_rl_actors(cfg: RecipeConfig, model_dir: str, *, prefilled_think: bool,
     import ray
 
     check_sandbox(cfg)
-    from .actors import RewardWorker, RolloutWorker
-    from .evaluation import engine_options
+    from .actors import RewardWorker
     from trainer.policy import Policy
 
     connect(cfg)
     c, threads = cfg.cluster, default_threads(cfg)
     settings = trainer_settings(cfg, total_optimizer_steps)
     trainer = start_trainer(cfg, model_dir, settings)
-    rollout = ray.remote(RolloutWorker).options(**_options(c.rollout, threads)).remote(
-        cfg.rollout.engine, model_dir, engine_options(cfg), threads)  # readiness checked below, with the rest
+    rollout = start_rollout(cfg, model_dir, wait=False)  # readiness checked below, with the rest
     items = [item.model_dump() for item in cfg.rewards.items]
     rewards = [ray.remote(RewardWorker).options(**_options(c.reward, 1)).remote(items, prefilled_think, threads)
                for _ in range(c.reward_workers)]

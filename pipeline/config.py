@@ -293,6 +293,15 @@ class DistillConfig(_Strict):
     rl_only_steps: int | None = Field(None, ge=1, description="steps of the RL-only student (default: rl.steps)")
     with_rejection_data: bool = Field(True, description="also train on the rejection_sample stage's dataset (the "
                                       "R1 paper distils with that curated SFT data)")
+    kl_weight: float = Field(0.0, ge=0, le=1, description="logit distillation: loss = (1-w) CE + w T^2 KL(teacher||"
+                             "student) per token on the SFT data; 0 is the paper's plain SFT on teacher samples")
+    kl_temperature: float = Field(1.0, gt=0, description="softening temperature T of the logit KL")
+    on_policy_steps: int = Field(0, ge=0, description="after SFT, steps of on-policy distillation: the student "
+                                 "samples, the reverse KL(student||teacher) of every sampled token is minimised")
+    on_policy_prompts_per_step: int = Field(8, ge=1)
+    on_policy_samples: int = Field(2, ge=1, description="student samples per prompt")
+    on_policy_temperature: float = Field(1.0, gt=0)
+    on_policy_lr: float | None = Field(None, gt=0, description="default: distill.lr")
 
 
 class RecipeStagesConfig(_Strict):
@@ -300,6 +309,8 @@ class RecipeStagesConfig(_Strict):
 
     eval_each_stage: bool = Field(True, description="held-out eval of every stage's model")
     rl_only_student: bool = Field(True, description="also train the student by RL alone (the R1 paper's comparison)")
+    share_rollout: bool = Field(True, description="one rollout engine for all stages of a model size: weights are "
+                                "swapped in per stage instead of starting an engine each time")
 
 
 class LoggingConfig(_Strict):

@@ -47,12 +47,60 @@ def run_distill(cfg: RecipeConfig, *, out: str | None = None) -> dict:
         examples += extra
     sft = SFTConfig(epochs=d.epochs, batch_size=d.batch_size, lr=d.lr, max_length=cfg.sft.max_length,
                     save_every=cfg.sft.save_every, packing=cfg.sft.packing, eval=False)
-    summary = run_sft(cfg, sft, examples, out_dir=out_dir, stage="distill", init_model=student, evaluate=False)
+    sft_manifest = out_dir / "manifest.json"  # written by the SFT loop when it finishes
+    if d.on_policy_steps and sft_manifest.is_file() and json.loads(sft_manifest.read_text()).get("complete"):
+        summary = json.loads(sft_manifest.read_text())  # a rerun after a crash in the on-policy part
+    else:
+        summary = run_sft(cfg, sft, examples, out_dir=out_dir, stage="distill", init_model=student, evaluate=False,
+                          teacher=teacher if d.kl_weight else None, kl_weight=d.kl_weight,
+                          kl_temperature=d.kl_temperature)
+    if d.on_policy_steps:
+        summary["sft_model"] = summary["model"]
+        summary.update(run_on_policy(cfg, student=summary["model"], teacher=teacher, out_dir=out_dir / "on_policy"))
     stats = json.loads(stats_file.read_text())
     summary.update({"teacher": teacher, "student_init": student, "teacher_rows": stats["rows"],
                     "rows": len(examples),
                     "teacher_acceptance": stats["acceptance"].get("all", {}).get("acceptance_rate")})
     return summary
+
+
+def run_on_policy(cfg: RecipeConfig, *, student: str, teacher: str, out_dir: Path) -> dict:
+    """On-policy distillation of ``student`` towards ``teacher`` on the reasoning train prompts."""
+    import ray
+    from transformers import AutoTokenizer
+
+    from rollout import SamplingSpec
+    from stages.on_policy_distill import OnPolicyPlan, train
+    from trainer.distill import DistillTrainer
+    from trainer.model_io import resolve_model
+
+    from .cluster import release_rollout, start_rollout, start_trainer, trainer_settings
+    from .data import build_splits
+    from .prompting import render_prompt_ids
+    from .tracking import MetricsLogger
+
+    d = cfg.distill
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    train_samples, _ = build_splits(cfg)
+    prompts = [render_prompt_ids(tokenizer, s, cfg.data.system_prompt) for s in train_samples]
+    sampling = SamplingSpec(n=d.on_policy_samples, temperature=d.on_policy_temperature, top_p=1.0,
+                            max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.run.seed, logprobs=False)
+    plan = OnPolicyPlan(prompts=prompts, steps=d.on_policy_steps, prompts_per_step=d.on_policy_prompts_per_step,
+                        sampling=sampling, micro_batch_size=cfg.trainer.micro_batch_size, seed=cfg.run.seed,
+                        out_dir=out_dir, save_every=cfg.sft.save_every)
+    settings = trainer_settings(cfg, plan.steps)
+    settings.optim.lr = d.on_policy_lr or d.lr
+    trainer = start_trainer(cfg, student, settings, DistillTrainer, resolve_model(teacher))
+    rollout = start_rollout(cfg, student)
+    logger = MetricsLogger(out_dir, tensorboard=cfg.logging.tensorboard, run_name=f"{cfg.run.name}-on-policy")
+    try:
+        summary = train(rollout, trainer, plan, logger)
+    finally:
+        logger.close()
+        ray.kill(trainer)
+        release_rollout(rollout)
+    return {"model": summary["model"], "on_policy_steps": summary["steps"],
+            "on_policy_final_reverse_kl": summary["final_reverse_kl"]}
 
 
 def student_rl_config(cfg: RecipeConfig) -> RecipeConfig:

@@ -65,8 +65,9 @@ def paired_difference(before: dict[str, float], after: dict[str, float]) -> dict
             "z": mean / se if se > 0 else (0.0 if mean == 0 else math.copysign(math.inf, mean))}
 
 
-def per_prompt_rates(eval_samples_path, key: str = "correct") -> dict[str, float]:
-    """Per prompt, the share of its completions with ``key`` true, from an ``eval_samples.jsonl``."""
+def per_prompt_rates(eval_samples_path, key: str = "correct", tasks=None) -> dict[str, float]:
+    """Per prompt, the share of its completions with ``key`` true, from an ``eval_samples.jsonl``; only the
+    prompts of ``tasks`` when given."""
     import json
 
     rates = {}
@@ -74,6 +75,8 @@ def per_prompt_rates(eval_samples_path, key: str = "correct") -> dict[str, float
         for line in fh:
             row = json.loads(line)
             comps = row["completions"]
+            if tasks is not None and row.get("task") not in tasks:
+                continue
             if comps:
                 rates[str(row["id"])] = sum(bool(c[key]) for c in comps) / len(comps)
     return rates

@@ -171,6 +171,7 @@ def select_stages(start: str | None, until: str | None) -> list[Stage]:
 def run_recipe(cfg: RecipeConfig, *, start: str | None = None, until: str | None = None,
                on_stage: Callable[[str, dict], None] | None = None) -> list[dict]:
     """Run the selected stages in order; returns their manifests. See the module docstring for skip/resume."""
+    from .cluster import shared_rollouts
     from .memory import PeakMemory
 
     selected = select_stages(start, until)
@@ -183,47 +184,48 @@ def run_recipe(cfg: RecipeConfig, *, start: str | None = None, until: str | None
         if stage not in selected:
             fps[stage.name] = (read_manifest(run_dir / stage.name) or {}).get("fingerprint", "")
     results = []
-    for stage in selected:
-        stage_dir = run_dir / stage.name
-        fp = fingerprint(cfg, stage, fps)
-        fps[stage.name] = fp
-        manifest = read_manifest(stage_dir)
-        if manifest and manifest.get("complete") and manifest.get("fingerprint") == fp:
-            log.info("stage %s: complete for this config and inputs; skipped", stage.name)
-            results.append(manifest)
-            continue
-        marker = stage_dir / ".fingerprint"
-        if stage_dir.exists() and (not marker.is_file() or marker.read_text().strip() != fp):
-            log.warning("stage %s: config or inputs changed since %s was written; starting it afresh",
-                        stage.name, stage_dir)
-            shutil.rmtree(stage_dir)
-        elif stage_dir.exists():
-            log.info("stage %s: resuming an interrupted run in %s", stage.name, stage_dir)
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(fp)
-        log.info("stage %s: running", stage.name)
-        started = time.time()
-        with PeakMemory() as mem:
-            summary = stage.run(cfg)
-            if stage.has_model and cfg.recipe.eval_each_stage:
-                summary["eval"] = evaluate_stage(cfg, stage.name, summary["model"])
-        summary.update({"stage": stage.name, "fingerprint": fp, "complete": True,
-                        "inputs": {n: fps.get(n) for n in stage.inputs},
-                        "seconds": round(time.time() - started, 1), "stage_peak_memory_gib": round(mem.peak_gib, 2)})
-        _write_json(stage_dir / "manifest.json", summary)
-        results.append(summary)
-        if on_stage is not None:
-            on_stage(stage.name, summary)
+    # One rollout engine serves consecutive stages (weights swapped in), not an engine start per stage.
+    with shared_rollouts(cfg.recipe.share_rollout):
+        for stage in selected:
+            stage_dir = run_dir / stage.name
+            fp = fingerprint(cfg, stage, fps)
+            fps[stage.name] = fp
+            manifest = read_manifest(stage_dir)
+            if manifest and manifest.get("complete") and manifest.get("fingerprint") == fp:
+                log.info("stage %s: complete for this config and inputs; skipped", stage.name)
+                results.append(manifest)
+                continue
+            marker = stage_dir / ".fingerprint"
+            if stage_dir.exists() and (not marker.is_file() or marker.read_text().strip() != fp):
+                log.warning("stage %s: config or inputs changed since %s was written; starting it afresh",
+                            stage.name, stage_dir)
+                shutil.rmtree(stage_dir)
+            elif stage_dir.exists():
+                log.info("stage %s: resuming an interrupted run in %s", stage.name, stage_dir)
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            marker.write_text(fp)
+            log.info("stage %s: running", stage.name)
+            started = time.time()
+            with PeakMemory() as mem:
+                summary = stage.run(cfg)
+                if stage.has_model and cfg.recipe.eval_each_stage:
+                    summary["eval"] = evaluate_stage(cfg, stage.name, summary["model"])
+            summary.update({"stage": stage.name, "fingerprint": fp, "complete": True,
+                            "inputs": {n: fps.get(n) for n in stage.inputs},
+                            "seconds": round(time.time() - started, 1),
+                            "stage_peak_memory_gib": round(mem.peak_gib, 2)})
+            _write_json(stage_dir / "manifest.json", summary)
+            results.append(summary)
+            if on_stage is not None:
+                on_stage(stage.name, summary)
     return results
 
 
 def evaluate_stage(cfg: RecipeConfig, stage: str, model: str) -> dict:
     """Held-out eval of a stage's model on the recipe's whole test split; returns the "all" row as a dict."""
-    import ray
-
     from stages.reasoning_rl import RemoteEngine
 
-    from .cluster import start_rollout
+    from .cluster import release_rollout, start_rollout
     from .data import recipe_test_split
     from .evaluation import run_eval
 
@@ -232,7 +234,7 @@ def evaluate_stage(cfg: RecipeConfig, stage: str, model: str) -> dict:
         metrics, table = run_eval(cfg, model=model, out=str(cfg.run_dir() / stage / "eval"), label=stage,
                                   samples=recipe_test_split(cfg), engine=RemoteEngine(handle))
     finally:
-        ray.kill(handle)
+        release_rollout(handle)
     print(f"\n[{stage}]\n{table}")
     row = metrics.get("all") or next(iter(metrics.values()))
     return {"pass@1": row.pass_at.get(1), "pass@1_ci": list(row.pass1_ci), "format_rate": row.format_rate,

@@ -37,7 +37,6 @@ def verified_dataset(cfg: RecipeConfig, model: str, out_dir: Path, *, prompts: i
     """Sample ``model`` on the reasoning train prompts, keep verified and clean completions, mix in the
     non-reasoning tasks' references; write ``data.jsonl`` + ``stats.json`` under ``out_dir``. Keeping no
     completion at all is an error unless ``allow_empty`` (the caller has other data to train on)."""
-    import ray
     from transformers import AutoTokenizer
 
     from rollout import SamplingSpec
@@ -46,7 +45,7 @@ def verified_dataset(cfg: RecipeConfig, model: str, out_dir: Path, *, prompts: i
     from tasks import make_demonstration
     from trainer.model_io import resolve_model
 
-    from .cluster import start_rollout
+    from .cluster import release_rollout, start_rollout
     from .data import build_splits, general_splits
     from .prompting import template_prefills_think
 
@@ -75,7 +74,7 @@ def verified_dataset(cfg: RecipeConfig, model: str, out_dir: Path, *, prompts: i
                                        system_prompt=cfg.data.system_prompt, sampling=sampling,
                                        prefilled_think=prefilled)
     finally:
-        ray.kill(handle)
+        release_rollout(handle)
     rows, stats = build_dataset(candidates, non_reasoning, filter_settings(cfg, max_per_prompt),
                                 ratio=non_reasoning_ratio, seed=cfg.run.seed, system_prompt=cfg.data.system_prompt,
                                 prefilled_think=prefilled)

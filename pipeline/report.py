@@ -31,6 +31,12 @@ TARGETS = {
 COMPARED_WITH = {"cold_start": "base", "reasoning_rl": "cold_start", "sft": "cold_start", "general_rl": "sft",
                  "distill": "base", "student_rl": "distill"}
 
+# The targeted metric, paired: (against which stage, on which tasks, which per-completion flag).
+# "reasoning" tasks are the rule-verified ones; "general" those of general_rl.general_tasks.
+TARGET_DELTA = {"cold_start": ("base", "all", "format"), "reasoning_rl": ("cold_start", "reasoning", "correct"),
+                "sft": ("base", "reasoning", "correct"), "general_rl": ("sft", "general", "correct"),
+                "distill": ("student_rl", "reasoning", "correct")}
+
 
 def collect(run_dir: str | Path) -> list[dict]:
     """One record per stage that has a folder: manifest, eval summary (all tasks) and metric rows."""
@@ -83,16 +89,41 @@ def eval_table(records: list[dict]) -> list[dict]:
             row["vs"] = ref
             row["delta"] = _paired(by_stage[ref]["dir"], by_stage[row["stage"]]["dir"], "correct")
             row["delta_format"] = _paired(by_stage[ref]["dir"], by_stage[row["stage"]]["dir"], "format")
+        if row["stage"] in TARGET_DELTA:
+            ref, scope, key = TARGET_DELTA[row["stage"]]
+            if ref in by_stage and by_stage[ref]["eval"]:
+                tasks = _scope_tasks(row, scope, _general_tasks(by_stage))
+                row["target"] = {"vs": ref, "scope": scope, "metric": "pass@1" if key == "correct" else "format rate",
+                                 "delta": _paired(by_stage[ref]["dir"], by_stage[row["stage"]]["dir"], key, tasks)}
     return table
 
 
-def _paired(before_dir: Path, after_dir: Path, key: str) -> dict | None:
+def _general_tasks(by_stage: dict) -> set[str]:
+    """Names of the run's general (non-reasoning) tasks, from a stage's saved config."""
+    import yaml
+
+    for rec in by_stage.values():
+        config = rec["dir"] / "config.yaml"
+        if config.is_file():
+            tree = yaml.safe_load(config.read_text()) or {}
+            return {t["name"] for t in (tree.get("general_rl") or {}).get("general_tasks") or []}
+    return set()
+
+
+def _scope_tasks(row: dict, scope: str, general: set[str]) -> set[str] | None:
+    if scope == "all":
+        return None
+    tasks = set(row["per_task"])
+    return tasks & general if scope == "general" else tasks - general
+
+
+def _paired(before_dir: Path, after_dir: Path, key: str, tasks=None) -> dict | None:
     from .metrics import paired_difference, per_prompt_rates
 
     a, b = (Path(d) / "eval" / "eval_samples.jsonl" for d in (before_dir, after_dir))
     if not (a.is_file() and b.is_file()):
         return None
-    return paired_difference(per_prompt_rates(a, key), per_prompt_rates(b, key))
+    return paired_difference(per_prompt_rates(a, key, tasks), per_prompt_rates(b, key, tasks))
 
 
 def plot_eval_bars(table: list[dict], out_png: Path) -> Path:
@@ -175,16 +206,19 @@ def render_markdown(run_dir: Path, records: list[dict], table: list[dict], image
         lines += [f"Held-out eval of every stage's model: {n['n_prompts']} prompts x {n['n_samples']} samples, "
                   "pass@1 with a 95% confidence interval over prompts.", "",
                   "| stage | pass@1 | 95% CI | format rate | " + " | ".join(f"{t} pass@1" for t in tasks)
-                  + " | change vs | Δ pass@1 (paired 95% CI) | Δ format | targets |",
-                  "|---|---|---|---|" + "---|" * len(tasks) + "---|---|---|---|"]
+                  + " | change vs | Δ pass@1 (paired 95% CI) | Δ format | targets "
+                  "| Δ of the target (paired 95% CI) |",
+                  "|---|---|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|"]
         for r in table:
             lines.append(f"| {r['stage']} | {_fmt(r['pass@1'])} | [{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}] | "
                          f"{_fmt(r['format_rate'])} | "
                          + " | ".join(_fmt(r["per_task"].get(t)) for t in tasks)
                          + f" | {r.get('vs', '')} | {_delta(r.get('delta'))} | {_delta(r.get('delta_format'))} | "
-                         f"{TARGETS.get(r['stage'], '')} |")
+                         f"{TARGETS.get(r['stage'], '')} | {_target(r.get('target'))} |")
         lines += ["", "Δ: the change against the named stage, paired over the same prompts (mean of per-prompt "
-                  "differences, 95% interval, z).", ""]
+                  "differences, 95% interval, z). Δ of the target: the metric the stage is for, on its tasks "
+                  "(reasoning = rule-verified tasks, general = general_rl.general_tasks), against the stage named.",
+                  ""]
     seconds = [r["manifest"].get("seconds") or 0 for r in records]
     peaks = [max(r["manifest"].get("stage_peak_memory_gib") or 0, r["manifest"].get("peak_memory_gib") or 0)
              for r in records]
@@ -214,6 +248,12 @@ def _delta(d: dict | None) -> str:
     if not d or d.get("n", 0) < 2:
         return ""
     return f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], z={d['z']:.1f}"
+
+
+def _target(t: dict | None) -> str:
+    if not t or not _delta(t.get("delta")):
+        return ""
+    return f"{t['scope']} {t['metric']} vs {t['vs']}: {_delta(t['delta'])}"
 
 
 def _notes(rec: dict) -> str:

@@ -44,8 +44,12 @@ def run_sft_stage(cfg: RecipeConfig, *, out: str | None = None) -> dict:
 
 
 def run_sft(cfg: RecipeConfig, c: SFTConfig, examples: list[dict], *, out_dir: Path, stage: str, init_model: str,
-            evaluate: bool | None = None) -> dict:
-    """Tokenize ``examples``, train ``init_model`` on them through a trainer actor, save, optionally evaluate."""
+            evaluate: bool | None = None, teacher: str | None = None, kl_weight: float = 0.0,
+            kl_temperature: float = 1.0) -> dict:
+    """Tokenize ``examples``, train ``init_model`` on them through a trainer actor, save, optionally evaluate.
+
+    With ``teacher`` the trainer also holds that model and each step mixes cross-entropy with the token-level
+    KL(teacher || student) at weight ``kl_weight`` (logit distillation)."""
     import ray
     from transformers import AutoTokenizer
 
@@ -66,12 +70,20 @@ def run_sft(cfg: RecipeConfig, c: SFTConfig, examples: list[dict], *, out_dir: P
     log.info("%s: %d examples (%s skipped)", stage, len(pairs), skipped)
     plan = SFTPlan(pairs=pairs, epochs=c.epochs, batch_size=c.batch_size, micro_batch_size=cfg.trainer.micro_batch_size,
                    seed=cfg.run.seed, out_dir=out_dir, save_every=c.save_every,
-                   pack_tokens=c.max_length if c.packing else None,
+                   pack_tokens=c.max_length if c.packing and not teacher else None,
                    extra_manifest={"stage": stage, "init_model": model_dir, "skipped": skipped,
                                    "config_hash": cfg.hash()})
     settings = trainer_settings(cfg, plan.steps)
     settings.optim.lr = c.lr
-    trainer = start_trainer(cfg, model_dir, settings)
+    if teacher:
+        from trainer.distill import DistillTrainer
+
+        plan.step_method = "train_distill_sft"
+        plan.step_options = {"kl_weight": kl_weight, "temperature": kl_temperature}
+        plan.extra_manifest.update({"teacher": teacher, "kl_weight": kl_weight, "kl_temperature": kl_temperature})
+        trainer = start_trainer(cfg, model_dir, settings, DistillTrainer, resolve_model(teacher))
+    else:
+        trainer = start_trainer(cfg, model_dir, settings)
     logger = MetricsLogger(out_dir, tensorboard=cfg.logging.tensorboard, run_name=f"{cfg.run.name}-{stage}")
     try:
         summary = train(trainer, plan, logger)

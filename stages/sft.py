@@ -29,6 +29,8 @@ class SFTPlan:
     pack_tokens: int | None = None  # pack examples into rows of this many tokens instead of padding
     keep_checkpoints: int = 1
     extra_manifest: dict = field(default_factory=dict)
+    step_method: str = "train_sft"  # the trainer method of one step (distillation: "train_distill_sft")
+    step_options: dict = field(default_factory=dict)  # its extra keyword arguments
 
     @property
     def steps(self) -> int:
@@ -57,6 +59,8 @@ def tokenize_examples(tokenizer, examples: Sequence[dict], max_length: int) -> t
 
 def batches(n_examples: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
     """Example indices for each step: a fresh seeded shuffle per epoch, consecutive slices of it."""
+    if n_examples < 1:
+        raise ValueError("no examples to schedule")
     order: list[int] = []
     epoch = 0
     while len(order) < steps * batch_size:
@@ -93,8 +97,10 @@ def train(trainer, plan: SFTPlan, logger) -> dict:
             continue  # done before the restart; the seeded schedule makes the remaining batches identical
         prompts = [plan.pairs[i][0] for i in idx]
         targets = [plan.pairs[i][1] for i in idx]
-        last = ray.get(trainer.train_sft.remote(prompts, targets, micro_batch_size=plan.micro_batch_size,
-                                                pack_tokens=plan.pack_tokens))
+        options = {"micro_batch_size": plan.micro_batch_size, **plan.step_options}
+        if plan.pack_tokens:
+            options["pack_tokens"] = plan.pack_tokens
+        last = ray.get(getattr(trainer, plan.step_method).remote(prompts, targets, **options))
         last["tokens_per_second"] = sum(len(p) + len(t) for p, t in zip(prompts, targets)) / last["train_seconds"]
         logger.log(step, last)
         if plan.save_every and step % plan.save_every == 0 and step < plan.steps:

@@ -35,6 +35,20 @@ def vllm_engine(smollm2_dir):
     engine.close()
 
 
+@pytest.fixture(scope="module")
+def ray_repo():
+    """A local Ray whose workers import this repo (actors of pipeline/, rollout/, trainer/)."""
+    from pathlib import Path
+
+    import ray
+
+    root = str(Path(__file__).resolve().parent.parent)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": root}})
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, smollm2_tokenizer) -> str:
     """A randomly initialised 2-layer Llama with SmolLM2's tokenizer: fast unit tests of trainer code."""

@@ -61,7 +61,9 @@ def test_paired_difference_matches_a_hand_computation(tmp_path):
     assert abs(d["ci_low"] - (0.375 - 1.96 * se)) < 1e-12
     assert math.isnan(paired_difference({"a": 1.0}, {"a": 0.0})["mean"])
     path = tmp_path / "eval_samples.jsonl"
-    path.write_text("\n".join(json.dumps({"id": i, "completions": [{"correct": c, "format": True} for c in cs]})
+    path.write_text("\n".join(json.dumps({"id": i, "task": i, "completions": [{"correct": c, "format": True}
+                                                                               for c in cs]})
                               for i, cs in (("x", [True, False]), ("y", [False, False]))) + "\n")
     assert per_prompt_rates(path) == {"x": 0.5, "y": 0.0}
+    assert per_prompt_rates(path, tasks={"y"}) == {"y": 0.0}
     assert per_prompt_rates(path, "format") == {"x": 1.0, "y": 1.0}

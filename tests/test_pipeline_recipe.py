@@ -170,7 +170,8 @@ def _fake_eval(stage_dir: Path, p1: float, fmt: float):
         {"tasks": {"arithmetic": row, "instruction": {**row, "pass_at": {"1": 0.5}}, "all": row}}))
     correct = [[i < p1 * 10, True] for i in range(10)]  # prompt i right in its first sample iff i < 10 * p1
     (stage_dir / "eval" / "eval_samples.jsonl").write_text("\n".join(json.dumps(
-        {"id": f"p{i}", "completions": [{"correct": c, "format": fmt > 0.5} for c in cs]})
+        {"id": f"p{i}", "task": "arithmetic" if i < 5 else "instruction",
+         "completions": [{"correct": c, "format": fmt > 0.5} for c in cs]})
         for i, cs in enumerate(correct)) + "\n")
 
 
@@ -181,6 +182,7 @@ def test_report_has_a_row_per_evaluated_stage_and_plots(tmp_path):
     for name, p1, fmt in (("base", 0.02, 0.0), ("cold_start", 0.2, 0.95), ("reasoning_rl", 0.3, 0.99)):
         _fake_eval(run / name, p1, fmt)
         (run / name / "manifest.json").write_text(json.dumps({"complete": True, "seconds": 12.5}))
+    (run / "cold_start" / "config.yaml").write_text("general_rl:\n  general_tasks: [{name: instruction}]\n")
     (run / "reasoning_rl" / "metrics.jsonl").write_text(
         "\n".join(json.dumps({"step": s, "reward/mean": 0.1 * s, "accuracy": 0.1, "format_rate": 0.9})
                   for s in range(1, 4)) + "\n")
@@ -194,6 +196,9 @@ def test_report_has_a_row_per_evaluated_stage_and_plots(tmp_path):
     # cold start vs base, paired: prompt 1 gained half a sample (0.05 on average), format 0 -> 1 everywhere
     assert "| base | +0.050 [-0.048, +0.148], z=1.0 | +1.000 [+1.000, +1.000], z=inf |" in md
     assert "| reasoning_rl | 0.300 |" in md and "instruction pass@1" in md
+    # RL's target: pass@1 on the reasoning prompts only (p0-p4; p2 gained half a sample): 0.1, not 0.05
+    assert "| reasoning pass@1 vs cold_start: +0.100 [-0.096, +0.296], z=1.0 |" in md
+    assert "| all format rate vs base: +1.000" in md
     assert '"incorrect": 9' in md and "![eval_by_stage](eval_by_stage.png)" in md
     assert (run / "report" / "eval_by_stage.png").stat().st_size > 1000
     assert (run / "report" / "stage_curves.png").stat().st_size > 1000

@@ -27,7 +27,8 @@ TINY = [
     "reward_model.pairs=16", "reward_model.eval_pairs=8",
     "general_rl.steps=2", "general_rl.prompts_per_step=2", "general_rl.group_size=4",
     "distill.student_layers=8", "distill.prompts=12", "distill.n_samples=2", "distill.epochs=1",
-    "distill.rl_only_steps=1",
+    "distill.rl_only_steps=1", "distill.kl_weight=0.5", "distill.on_policy_steps=1",
+    "distill.on_policy_prompts_per_step=2",
 ]
 
 
@@ -76,6 +77,13 @@ def test_whole_recipe_kill_resume_skip_and_report(tmp_path, smollm2_dir):
     assert any("reward/reward_model/mean" in r for r in general)  # the reward model scored general prompts
     student = json.loads((run_dir / "student_init" / "config.json").read_text())
     assert student["num_hidden_layers"] == 8
+    distill = json.loads((run_dir / "distill" / "manifest.json").read_text())
+    assert distill["kl_weight"] == 0.5 and distill["on_policy_steps"] == 1
+    assert distill["model"].endswith("on_policy/model")
+    assert all(r["kl"] >= 0 for r in read_metrics(run_dir / "distill" / "metrics.jsonl"))  # logit KL was on
+    assert [r["step"] for r in read_metrics(run_dir / "distill" / "on_policy" / "metrics.jsonl")] == [1]
+    # One engine served consecutive stages: weights were swapped in, not an engine started per stage.
+    assert second.stderr.count("shared rollout actor: loaded") >= 4
 
     report = (run_dir / "report" / "report.md").read_text()
     for stage in ("base", "cold_start", "reasoning_rl", "sft", "general_rl", "distill", "student_rl"):

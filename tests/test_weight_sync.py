@@ -48,3 +48,26 @@ def test_sync_makes_vllm_match_the_trainer(vllm_engine, smollm2_dir, smollm2_tok
     finally:
         vllm_engine.update_weights(original)
     assert _max_gap(vllm_engine.score(prompts, responses), trainer.logprobs(prompts, responses)) > 0.1
+
+
+def test_load_model_swaps_a_model_dir_into_the_running_engine(vllm_engine, smollm2_dir, smollm2_tokenizer,
+                                                              tmp_path, tiny_model_dir):
+    """What `r1 run` does between stages: another stage's model dir replaces the weights, no restart."""
+    tok = smollm2_tokenizer
+    prompts = [tok("Question: 17 + 25 = ?", add_special_tokens=False)["input_ids"]]
+    responses = [tok(" The answer is 42.", add_special_tokens=False)["input_ids"]]
+    trainer = PolicyTrainer(smollm2_dir, TrainerSettings(precision="fp32", optim=OptimSettings(lr=1e-4)))
+    for _ in range(3):
+        trainer.train_sft(prompts, [tok(" Berlin Berlin", add_special_tokens=False)["input_ids"]])
+    stage_model = trainer.save_pretrained(tmp_path / "stage-model")
+    trained = trainer.logprobs(prompts, responses)
+    assert _max_gap(vllm_engine.score(prompts, responses), trained) > 0.1
+    try:
+        seconds = vllm_engine.load_model(stage_model)
+        print(f"\nload_model: {seconds:.2f}s")
+        assert _max_gap(vllm_engine.score(prompts, responses), trained) < TOLERANCE
+    finally:
+        vllm_engine.load_model(smollm2_dir)
+    assert _max_gap(vllm_engine.score(prompts, responses), trained) > 0.1  # the original is back
+    with pytest.raises(ValueError, match="not the engine's architecture.*num_hidden_layers"):
+        vllm_engine.load_model(tiny_model_dir)  # other shapes: a new engine, never a half-loaded one

@@ -1,0 +1,79 @@
+"""On-policy distillation (an option of stage 6): the student samples, the teacher grades every token.
+
+Each step: a batch of train prompts -> the student's samples (rollout actor, vLLM) -> one update of the
+student that lowers the reverse KL(student || teacher) over the whole vocabulary at each sampled position
+(``DistillTrainer.train_on_policy``; the teacher lives in the trainer actor) -> the new weights to the
+rollout actor. Unlike SFT on teacher samples, the student learns on the states it actually reaches.
+
+Artifacts under ``out_dir``: ``metrics.jsonl``, ``checkpoints/`` (every ``save_every`` steps; a rerun resumes
+from the newest with the same prompt schedule) and ``model/``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from rollout import SamplingSpec
+
+log = logging.getLogger("r1.distill")
+
+
+@dataclass
+class OnPolicyPlan:
+    prompts: Sequence[list[int]]  # chat-templated prompt ids of the train split
+    steps: int
+    prompts_per_step: int
+    sampling: SamplingSpec  # n samples per prompt
+    micro_batch_size: int
+    seed: int
+    out_dir: Path
+    save_every: int = 0
+    keep_checkpoints: int = 1
+
+
+def train(rollout, trainer, plan: OnPolicyPlan, logger) -> dict:
+    """Run the on-policy steps through a rollout and a ``DistillTrainer`` actor; saves the student's model dir."""
+    import ray
+    from tqdm.auto import tqdm
+
+    from .checkpoints import latest_checkpoint, save_checkpoint
+    from .sft import batches
+
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    start = 0
+    resumed = latest_checkpoint(plan.out_dir) if plan.save_every else None
+    if resumed is not None:
+        ckpt, state = resumed
+        ray.get(trainer.load_checkpoint.remote(str(ckpt)))
+        start = state["step"]
+        log.info("resumed on-policy distillation from %s (step %d)", ckpt, start)
+    if start:  # the rollout actor started from the SFT student; give it the resumed weights
+        ray.get(rollout.update_weights.remote(trainer.inference_state_dict.remote()))
+    logger.truncate_after(start if start else -1)
+    if not plan.prompts:
+        raise ValueError("on-policy distillation: no prompts")
+    # The SFT loop's seeded epoch-by-epoch schedule: a resumed run sees the same prompts.
+    schedule = batches(len(plan.prompts), plan.prompts_per_step, plan.steps, plan.seed)
+    bar = tqdm(total=plan.steps, initial=start, desc="on-policy distill", unit="step")
+    last: dict = {}
+    for step, idx in enumerate(schedule, start=1):
+        if step <= start:
+            continue
+        prompts = [list(plan.prompts[i]) for i in idx]
+        generations = ray.get(rollout.generate.remote(prompts, plan.sampling, False))
+        rows = [(g.prompt_ids, c.token_ids, c.truncated) for g in generations for c in g.completions if c.token_ids]
+        last = ray.get(trainer.train_on_policy.remote([r[0] for r in rows], [r[1] for r in rows],
+                                                      micro_batch_size=plan.micro_batch_size))
+        last["sync_seconds"] = ray.get(rollout.update_weights.remote(trainer.inference_state_dict.remote()))
+        last["response_length"] = sum(len(r[1]) for r in rows) / max(len(rows), 1)
+        last["truncated_fraction"] = sum(r[2] for r in rows) / max(len(rows), 1)
+        logger.log(step, last)
+        if plan.save_every and step % plan.save_every == 0 and step < plan.steps:
+            save_checkpoint(trainer, plan.out_dir, step, {}, plan.keep_checkpoints)
+        bar.update(1)
+        bar.set_postfix(reverse_kl=f"{last['reverse_kl']:.3f}")
+    bar.close()
+    model_dir = ray.get(trainer.save_pretrained.remote(str(plan.out_dir / "model")))
+    return {"steps": plan.steps, "model": model_dir, "final_reverse_kl": last.get("reverse_kl")}
