@@ -6,9 +6,12 @@ leaves either the previous checkpoint or the new one, never half of one. Used by
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
+
+log = logging.getLogger("r1.checkpoints")
 
 
 def checkpoint_root(out_dir: Path) -> Path:
@@ -26,6 +29,21 @@ def latest_checkpoint(out_dir: Path) -> tuple[Path, dict] | None:
     if not state_file.is_file():
         return None
     return ckpt, json.loads(state_file.read_text())
+
+
+def resume_trainer(trainer, out_dir: Path, save_every: int, what: str) -> int:
+    """Load the newest checkpoint under ``out_dir`` into the trainer actor (when a loop saves any); returns
+    the step it holds, 0 for a fresh start."""
+    import ray
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    resumed = latest_checkpoint(out_dir) if save_every else None
+    if resumed is None:
+        return 0
+    ckpt, state = resumed
+    ray.get(trainer.load_checkpoint.remote(str(ckpt)))
+    log.info("resumed %s from %s (step %d)", what, ckpt, state["step"])
+    return state["step"]
 
 
 def save_checkpoint(trainer, out_dir: Path, step: int, state: Mapping[str, Any], keep: int) -> Path:

@@ -10,14 +10,11 @@ from the newest with the same prompt schedule) and ``model/``.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from rollout import SamplingSpec
-
-log = logging.getLogger("r1.distill")
 
 
 @dataclass
@@ -38,22 +35,15 @@ def train(rollout, trainer, plan: OnPolicyPlan, logger) -> dict:
     import ray
     from tqdm.auto import tqdm
 
-    from .checkpoints import latest_checkpoint, save_checkpoint
+    from .checkpoints import resume_trainer, save_checkpoint
     from .sft import batches
 
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
-    start = 0
-    resumed = latest_checkpoint(plan.out_dir) if plan.save_every else None
-    if resumed is not None:
-        ckpt, state = resumed
-        ray.get(trainer.load_checkpoint.remote(str(ckpt)))
-        start = state["step"]
-        log.info("resumed on-policy distillation from %s (step %d)", ckpt, start)
+    if not plan.prompts:
+        raise ValueError("on-policy distillation: no prompts")
+    start = resume_trainer(trainer, plan.out_dir, plan.save_every, "on-policy distillation")
     if start:  # the rollout actor started from the SFT student; give it the resumed weights
         ray.get(rollout.update_weights.remote(trainer.inference_state_dict.remote()))
     logger.truncate_after(start if start else -1)
-    if not plan.prompts:
-        raise ValueError("on-policy distillation: no prompts")
     # The SFT loop's seeded epoch-by-epoch schedule: a resumed run sees the same prompts.
     schedule = batches(len(plan.prompts), plan.prompts_per_step, plan.steps, plan.seed)
     bar = tqdm(total=plan.steps, initial=start, desc="on-policy distill", unit="step")

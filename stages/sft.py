@@ -76,18 +76,11 @@ def train(trainer, plan: SFTPlan, logger) -> dict:
     import ray
     from tqdm.auto import tqdm
 
-    from .checkpoints import latest_checkpoint, save_checkpoint
+    from .checkpoints import resume_trainer, save_checkpoint
 
     if not plan.pairs:
         raise ValueError("SFT: no usable training examples")
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
-    start = 0
-    resumed = latest_checkpoint(plan.out_dir) if plan.save_every else None
-    if resumed is not None:
-        ckpt, state = resumed
-        ray.get(trainer.load_checkpoint.remote(str(ckpt)))
-        start = state["step"]
-        log.info("resumed SFT from %s (step %d)", ckpt, start)
+    start = resume_trainer(trainer, plan.out_dir, plan.save_every, "SFT")
     logger.truncate_after(start if start else -1)
     schedule = batches(len(plan.pairs), plan.batch_size, plan.steps, plan.seed)
     bar = tqdm(total=plan.steps, initial=start, desc="SFT", unit="step")
