@@ -47,9 +47,11 @@ def run_distill(cfg: RecipeConfig, *, out: str | None = None) -> dict:
         examples += extra
     sft = SFTConfig(epochs=d.epochs, batch_size=d.batch_size, lr=d.lr, max_length=cfg.sft.max_length,
                     save_every=cfg.sft.save_every, packing=cfg.sft.packing, eval=False)
-    sft_manifest = out_dir / "manifest.json"  # written by the SFT loop when it finishes
-    if d.on_policy_steps and sft_manifest.is_file() and json.loads(sft_manifest.read_text()).get("complete"):
-        summary = json.loads(sft_manifest.read_text())  # a rerun after a crash in the on-policy part
+    from .recipe import read_manifest
+
+    finished_sft = read_manifest(out_dir)  # written by the SFT loop when it finishes
+    if d.on_policy_steps and finished_sft and finished_sft.get("complete"):
+        summary = finished_sft  # a rerun after a crash in the on-policy part
     else:
         summary = run_sft(cfg, sft, examples, out_dir=out_dir, stage="distill", init_model=student, evaluate=False,
                           teacher=teacher if d.kl_weight else None, kl_weight=d.kl_weight,

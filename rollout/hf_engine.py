@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .architecture import architecture_of, check_same_architecture
+from .architecture import architecture_of, check_same_architecture, read_weights
 from .types import Completion, Generation, SamplingSpec
 
 
@@ -101,15 +101,8 @@ class HFEngine:
 
     def load_model(self, model_dir: str) -> float:
         """Swap in another model dir of the same architecture; returns seconds taken."""
-        import time
-
-        from transformers import AutoModelForCausalLM
-
-        started = time.perf_counter()
         check_same_architecture(self.architecture, model_dir)
-        dtype = next(self.model.parameters()).dtype
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
-        return time.perf_counter() - started
+        return self.update_weights(read_weights(model_dir, tied=False))  # a tied head shares the embedding
 
     def close(self) -> None:
         del self.model
