@@ -201,6 +201,15 @@ def check_sandbox(cfg: RecipeConfig) -> None:
         ensure_available(SandboxConfig(isolation=isolation))
 
 
+def rl_trainer_settings(cfg: RecipeConfig, total_optimizer_steps: int | None = None):
+    """:func:`trainer_settings` with the RL stage's own learning rate, ``rl.lr``, when it names one (general
+    RL reads ``general_rl.lr``, which defaults to ``trainer.optim.lr``)."""
+    settings = trainer_settings(cfg, total_optimizer_steps)
+    if cfg.rl.lr is not None:
+        settings.optim.lr = cfg.rl.lr
+    return settings
+
+
 def build_rl_actors(cfg: RecipeConfig, model_dir: str, *, prefilled_think: bool,
                     total_optimizer_steps: int | None = None) -> RLActors:
     """Start the rollout, trainer, (reference) and reward actors of an RL stage and wait until they are up."""
@@ -212,7 +221,7 @@ def build_rl_actors(cfg: RecipeConfig, model_dir: str, *, prefilled_think: bool,
 
     connect(cfg)
     c, threads = cfg.cluster, default_threads(cfg)
-    settings = trainer_settings(cfg, total_optimizer_steps)
+    settings = rl_trainer_settings(cfg, total_optimizer_steps)
     trainer = start_trainer(cfg, model_dir, settings)
     rollout = start_rollout(cfg, model_dir, wait=False)  # readiness checked below, with the rest
     items = [item.model_dump() for item in cfg.rewards.items]

@@ -203,6 +203,9 @@ class RLConfig(_Strict):
     overlong_filter: bool = Field(False, description="DAPO: truncated responses take no part in the loss")
     mini_batches: int = Field(1, ge=1)
     epochs: int = Field(1, ge=1)
+    lr: float | None = Field(None, gt=0, description="this stage's learning rate; default: trainer.optim.lr")
+    skip_zero_advantage: bool = Field(True, description="rows with advantage 0 add no gradient (no KL or "
+                                      "entropy term): skip their forward/backward; the update is unchanged")
     eval_every: int = Field(10, ge=0, description="held-out eval every N steps (0: only before and after)")
     eval_at_ends: bool = Field(True, description="held-out evals before the first and after the last step "
                                "(`r1 run` evaluates every stage's model anyway)")

@@ -66,3 +66,16 @@ def save_checkpoint(trainer, out_dir: Path, step: int, state: Mapping[str, Any],
     for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def close_step(trainer, plan, logger, bar, step: int, metrics: Mapping[str, float], shown: str) -> None:
+    """The end of one step of a supervised loop (SFT, on-policy distillation): its metrics line, then every
+    ``plan.save_every`` steps a checkpoint (the last step's is the final model instead), then the bar.
+
+    The line goes first: a kill between the two leaves a line the resumed run rewrites, never a saved step
+    without its line."""
+    logger.log(step, metrics)
+    if plan.save_every and step % plan.save_every == 0 and step < plan.steps:
+        save_checkpoint(trainer, plan.out_dir, step, {}, plan.keep_checkpoints)
+    bar.update(1)
+    bar.set_postfix({shown: f"{metrics[shown]:.3f}"})

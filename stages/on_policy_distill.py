@@ -35,7 +35,7 @@ def train(rollout, trainer, plan: OnPolicyPlan, logger) -> dict:
     import ray
     from tqdm.auto import tqdm
 
-    from .checkpoints import resume_trainer, save_checkpoint
+    from .checkpoints import close_step, resume_trainer
     from .sft import batches
 
     if not plan.prompts:
@@ -59,11 +59,7 @@ def train(rollout, trainer, plan: OnPolicyPlan, logger) -> dict:
         last["sync_seconds"] = ray.get(rollout.update_weights.remote(trainer.inference_state_dict.remote()))
         last["response_length"] = sum(len(r[1]) for r in rows) / max(len(rows), 1)
         last["truncated_fraction"] = sum(r[2] for r in rows) / max(len(rows), 1)
-        logger.log(step, last)
-        if plan.save_every and step % plan.save_every == 0 and step < plan.steps:
-            save_checkpoint(trainer, plan.out_dir, step, {}, plan.keep_checkpoints)
-        bar.update(1)
-        bar.set_postfix(reverse_kl=f"{last['reverse_kl']:.3f}")
+        close_step(trainer, plan, logger, bar, step, last, "reverse_kl")
     bar.close()
     model_dir = ray.get(trainer.save_pretrained.remote(str(plan.out_dir / "model")))
     return {"steps": plan.steps, "model": model_dir, "final_reverse_kl": last.get("reverse_kl")}

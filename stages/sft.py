@@ -76,7 +76,7 @@ def train(trainer, plan: SFTPlan, logger) -> dict:
     import ray
     from tqdm.auto import tqdm
 
-    from .checkpoints import resume_trainer, save_checkpoint
+    from .checkpoints import close_step, resume_trainer
 
     if not plan.pairs:
         raise ValueError("SFT: no usable training examples")
@@ -95,11 +95,7 @@ def train(trainer, plan: SFTPlan, logger) -> dict:
             options["pack_tokens"] = plan.pack_tokens
         last = ray.get(getattr(trainer, plan.step_method).remote(prompts, targets, **options))
         last["tokens_per_second"] = sum(len(p) + len(t) for p, t in zip(prompts, targets)) / last["train_seconds"]
-        logger.log(step, last)
-        if plan.save_every and step % plan.save_every == 0 and step < plan.steps:
-            save_checkpoint(trainer, plan.out_dir, step, {}, plan.keep_checkpoints)
-        bar.update(1)
-        bar.set_postfix(loss=f"{last['loss']:.3f}")
+        close_step(trainer, plan, logger, bar, step, last, "loss")
     bar.close()
     model_dir = ray.get(trainer.save_pretrained.remote(str(plan.out_dir / "model")))
     summary = {"steps": plan.steps, "examples": len(plan.pairs), "final_loss": last.get("loss"), "model": model_dir,

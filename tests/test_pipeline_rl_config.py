@@ -3,7 +3,7 @@ import pytest
 
 from pipeline.config import ConfigError, load_config
 from pipeline.rl import grpo_settings
-from pipeline.cluster import trainer_settings
+from pipeline.cluster import rl_trainer_settings, trainer_settings
 
 
 def test_rl_defaults_and_overrides_reach_the_trainer_settings():
@@ -16,6 +16,19 @@ def test_rl_defaults_and_overrides_reach_the_trainer_settings():
     t = trainer_settings(cfg, total_optimizer_steps=40)
     assert t.lora is not None and t.lora.rank == 16 and t.optim.total_steps == 40 and t.precision == "bf16"
     assert trainer_settings(load_config(None), 40).optim.total_steps is None  # constant schedule by default
+
+
+def test_rl_lr_is_the_reasoning_rl_rate_and_general_rl_keeps_the_trainer_rate():
+    from pipeline.distill import student_rl_config
+    from pipeline.rl import general_rl_config
+
+    cfg = load_config("configs/quickstart.yaml", ["rl.lr=3e-5", "trainer.optim.lr=1e-5"])
+    assert rl_trainer_settings(cfg).optim.lr == 3e-5
+    assert rl_trainer_settings(student_rl_config(cfg)).optim.lr == 3e-5  # the RL-only student: reasoning RL's knobs
+    assert rl_trainer_settings(general_rl_config(cfg)).optim.lr == 1e-5
+    assert rl_trainer_settings(general_rl_config(load_config("configs/quickstart.yaml", [
+        "general_rl.lr=4e-5"]))).optim.lr == 4e-5
+    assert grpo_settings(load_config("configs/quickstart.yaml", ["rl.skip_zero_advantage=false"])).skip_zero_advantage is False
 
 
 @pytest.mark.parametrize("override, message", [

@@ -95,6 +95,38 @@ def test_zero_advantages_and_masked_rows_leave_weights_unchanged(tiny_model_dir)
         assert torch.equal(before[k], v), k
 
 
+@pytest.mark.parametrize("updates", [dict(), dict(mini_batches=2, epochs=2)])
+def test_skipping_zero_advantage_rows_leaves_the_update_unchanged(tiny_model_dir, updates):
+    # Momentum SGD: a step on a batch with no signal still moves the weights by the momentum, so the
+    # all-skipped mini-batch must still take its (zero-gradient) optimizer step.
+    states, trained = [], []
+    for skip in (False, True):
+        trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32"))
+        trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.5, momentum=0.9)
+        settings = GRPOSettings(micro_batch_size=2, tis_cap=None, skip_zero_advantage=skip, **updates)
+        first = trainer.train_grpo(_batch([1.0, -1.0, 0.0, 0.0]), settings)
+        middle = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        last = trainer.train_grpo(_batch([0.0] * 4), settings)
+        trained.append((first["rows_trained"], last["rows_trained"]))
+        moved = any(not torch.equal(middle[k], v) for k, v in trainer.model.state_dict().items())
+        assert moved  # the momentum step happened
+        states.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+    assert trained == [(4, 4), (2, 0)]
+    for k in states[0]:
+        assert torch.allclose(states[0][k], states[1][k], atol=1e-6), k
+
+
+def test_rows_are_skipped_only_when_no_loss_term_reaches_them():
+    from trainer.policy import skippable_rows
+
+    adv = torch.tensor([0.5, 0.0, -0.5, 0.0])
+    assert skippable_rows(adv, GRPOSettings(), has_reference=False) == {1, 3}
+    assert skippable_rows(adv, GRPOSettings(kl_coef=0.1), has_reference=False) == {1, 3}  # no reference given
+    assert skippable_rows(adv, GRPOSettings(kl_coef=0.1), has_reference=True) == set()
+    assert skippable_rows(adv, GRPOSettings(entropy_coef=0.01), has_reference=False) == set()
+    assert skippable_rows(adv, GRPOSettings(skip_zero_advantage=False), has_reference=False) == set()
+
+
 def test_rollout_mismatch_is_measured(tiny_model_dir):
     trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32"))
     batch = _batch([1.0, -1.0, -1.0, 1.0])

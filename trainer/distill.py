@@ -19,7 +19,8 @@ from typing import Sequence
 import torch
 
 from .distill_losses import token_kl
-from .policy import Policy, PolicyTrainer, _chunks, autocast_context
+from .devices import autocast_context
+from .policy import Policy, PolicyTrainer, _chunks
 from .sequences import PaddedRows, token_logprobs
 from .settings import TrainerSettings
 

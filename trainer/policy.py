@@ -17,24 +17,12 @@ import torch
 from rollout.types import RolloutBatch
 
 from . import losses
+from .devices import autocast_context, default_device
 from .sequences import (PaddedRows, pack_examples, packed_target_logprobs, pad_rows, pad_values, response_logprobs,
                         shared_prefix_logprobs, unpad)
 from .settings import GRPOSettings, LoraSettings, TrainerSettings
 
 log = logging.getLogger("r1.trainer")
-
-
-def autocast_context(precision: str, device: torch.device):
-    """bf16 autocast (fp32 master weights) or nothing. On CPUs with AVX-512 BF16 this is ~2x faster."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    raise ValueError(f"precision={precision!r}: expected 'bf16' or 'fp32'")
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class Policy:
@@ -47,7 +35,7 @@ class Policy:
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         torch.manual_seed(self.settings.seed)
-        self.device = _device()
+        self.device = default_device()
         self.model_dir = str(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
@@ -139,6 +127,12 @@ class PolicyTrainer(Policy):
 
         ``settings.epochs x settings.mini_batches`` optimizer steps. With a single step, the old policy is
         the current one (ratio 1, ``old_logp = logp.detach()``) and no extra forward pass is spent.
+
+        Rows whose advantage is 0 (a group where every sample got the same reward) add nothing to the
+        gradient when the loss has no KL and no entropy term, so with ``skip_zero_advantage`` they are not
+        run at all: the update is the same (their tokens still count in the token-mean denominator) and
+        the step is cheaper by their share. Per-token metrics (entropy, clip fraction, mismatch) are then
+        over the rows trained.
         """
         s = settings if isinstance(settings, GRPOSettings) else GRPOSettings(**settings)
         started = time.perf_counter()
@@ -152,11 +146,16 @@ class PolicyTrainer(Policy):
         rollout_lp = pad_values([batch.rollout_logprobs[i] for i in keep], width) \
             if batch.rollout_logprobs is not None else None
         ref_lp = pad_values([ref_logprobs[i] for i in keep], width) if ref_logprobs is not None else None
+        gradient_free = skippable_rows(adv, s, has_reference=ref_lp is not None)
         n_updates = s.epochs * s.mini_batches
         old_lp = None
         if n_updates > 1:
-            old_lp = pad_values(self.logprobs(prompts, responses, temperature=s.temperature,
-                                              micro_batch_size=s.micro_batch_size), width)
+            rows = [i for i in range(len(keep)) if i not in gradient_free]
+            old_lp = torch.zeros(len(keep), width)
+            if rows:
+                old_lp[rows] = pad_values(self.logprobs([prompts[i] for i in rows], [responses[i] for i in rows],
+                                                        temperature=s.temperature,
+                                                        micro_batch_size=s.micro_batch_size), width)
         metrics: dict[str, list[float]] = {}
         order = list(range(len(keep)))
         rng = random.Random(self.settings.seed + self.optimizer_steps)
@@ -166,22 +165,26 @@ class PolicyTrainer(Policy):
                 rng.shuffle(order)
             for mini in _split(order, s.mini_batches):
                 step_metrics = self._grpo_minibatch(mini, prompts, responses, adv, width, rollout_lp, old_lp,
-                                                    ref_lp, s, first_pass=epoch == 0)
+                                                    ref_lp, s, first_pass=epoch == 0, skip=gradient_free)
                 for k, v in step_metrics.items():
                     metrics.setdefault(k, []).append(v)
         out = {k: sum(v) / len(v) for k, v in metrics.items()}
-        out.update(rows_trained=float(len(keep)), train_seconds=time.perf_counter() - started,
+        out.update(rows_trained=float(len(keep) - len(gradient_free)), rows_skipped_zero_advantage=float(len(gradient_free)),
+                   train_seconds=time.perf_counter() - started,
                    lr=self.scheduler.get_last_lr()[0], optimizer_steps=float(self.optimizer_steps))
         return out
 
     def _grpo_minibatch(self, mini, prompts, responses, adv, width, rollout_lp, old_lp, ref_lp,
-                        s: GRPOSettings, *, first_pass: bool) -> dict[str, float]:
+                        s: GRPOSettings, *, first_pass: bool, skip: frozenset = frozenset()) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
+        # The denominators count every row of the mini-batch, skipped or not, so skipping changes nothing.
         mini_tokens = sum(max(len(responses[i]), 0) for i in mini)
+        trained = [i for i in mini if i not in skip]
+        trained_tokens = sum(len(responses[i]) for i in trained)
         sums: dict[str, float] = {}
         # Entropy is always logged; only with a bonus does it need the autograd graph.
         need_entropy = "grad" if s.entropy_coef else True
-        for micro in _chunks(mini, s.micro_batch_size):
+        for micro in _chunks(trained, s.micro_batch_size):
             idx = torch.tensor(micro)
             with autocast_context(self.settings.precision, self.device):
                 logp, entropy, mask = self._forward([prompts[i] for i in micro], [responses[i] for i in micro],
@@ -215,8 +218,14 @@ class PolicyTrainer(Policy):
             sums["pg_loss"] = sums.get("pg_loss", 0.0) + float(pg.detach()) * tokens
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v * tokens
+        if len(trained) < len(mini):
+            # A parameter the skipped rows would have given an exact zero gradient must still see that zero
+            # (AdamW moves it by its momentum), as it would have without the skip.
+            for p in self.model.parameters():
+                if p.requires_grad and p.grad is None:
+                    p.grad = torch.zeros_like(p)
         grad_norm = self._optimizer_step()
-        out = {k: v / max(mini_tokens, 1) for k, v in sums.items()}
+        out = {k: v / max(trained_tokens, 1) for k, v in sums.items()}
         out["grad_norm"] = grad_norm
         return out
 
@@ -368,6 +377,14 @@ def _lora_deltas(model) -> dict[str, torch.Tensor]:
             if delta is not None:
                 deltas[name] = delta
     return deltas
+
+
+def skippable_rows(advantages: torch.Tensor, settings: GRPOSettings, *, has_reference: bool) -> frozenset[int]:
+    """Indices of rows whose forward/backward can be skipped without changing the update: advantage exactly
+    0 and no loss term that does not scale with the advantage (a KL to a reference, an entropy bonus)."""
+    if not settings.skip_zero_advantage or settings.entropy_coef or (settings.kl_coef and has_reference):
+        return frozenset()
+    return frozenset(int(i) for i in torch.nonzero(advantages == 0).flatten())
 
 
 def _chunks(items: list, size: int) -> list[list]:

@@ -24,6 +24,8 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from .devices import autocast_context, default_device
+
 log = logging.getLogger("r1.reward_model")
 
 
@@ -132,17 +134,6 @@ def forward_scores(model, rows: Sequence[Sequence[int]], device: torch.device) -
     return logits[:, 0].float()
 
 
-def autocast_context(precision: str, device: torch.device):
-    """bf16 autocast (fp32 master weights) or nothing."""
-    from .policy import autocast_context as policy_autocast
-
-    return policy_autocast(precision, device)
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 # ---- the trainer ------------------------------------------------------------------------------------------
 
 @dataclass
@@ -172,7 +163,7 @@ class RewardModelTrainer:
         if s.threads:
             torch.set_num_threads(s.threads)
         torch.manual_seed(s.seed)  # the new score head's initialisation
-        self.device = _device()
+        self.device = default_device()
         self.model_dir = str(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.model = load_sequence_classifier(self.model_dir, self.tokenizer).to(self.device)

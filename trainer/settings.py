@@ -41,6 +41,7 @@ class GRPOSettings:
     mini_batches: int = 1  # optimizer steps per rollout batch per epoch
     epochs: int = 1
     micro_batch_size: int = 8  # rows per forward/backward (gradient accumulation inside a mini-batch)
+    skip_zero_advantage: bool = True  # rows with advantage 0 carry no gradient (no KL/entropy term): skip them
 
     def as_dict(self) -> dict:
         return asdict(self)
