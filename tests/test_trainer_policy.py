@@ -112,6 +112,7 @@ def test_skipping_zero_advantage_rows_leaves_the_update_unchanged(tiny_model_dir
         assert moved  # the momentum step happened
         states.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
     assert trained == [(4, 4), (2, 0)]
+    assert last["entropy"] > 0  # still measured when every row was skipped
     for k in states[0]:
         assert torch.allclose(states[0][k], states[1][k], atol=1e-6), k
 

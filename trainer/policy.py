@@ -169,10 +169,23 @@ class PolicyTrainer(Policy):
                 for k, v in step_metrics.items():
                     metrics.setdefault(k, []).append(v)
         out = {k: sum(v) / len(v) for k, v in metrics.items()}
+        if "entropy" not in out:
+            # Every row was skipped: the policy's entropy is still what shows a stuck or collapsing run, so
+            # measure it without gradients on one micro-batch.
+            out["entropy"] = self._entropy(prompts[:s.micro_batch_size], responses[:s.micro_batch_size], width,
+                                           s.temperature)
         out.update(rows_trained=float(len(keep) - len(gradient_free)), rows_skipped_zero_advantage=float(len(gradient_free)),
                    train_seconds=time.perf_counter() - started,
                    lr=self.scheduler.get_last_lr()[0], optimizer_steps=float(self.optimizer_steps))
         return out
+
+    @torch.no_grad()
+    def _entropy(self, prompts, responses, width: int, temperature: float) -> float:
+        """Token-mean entropy of the tempered policy over ``responses`` (no gradient)."""
+        with autocast_context(self.settings.precision, self.device):
+            _, entropy, mask = self._forward(prompts, responses, width=width, temperature=temperature,
+                                             with_entropy=True)
+        return float((entropy * mask).sum() / mask.sum().clamp(min=1))
 
     def _grpo_minibatch(self, mini, prompts, responses, adv, width, rollout_lp, old_lp, ref_lp,
                         s: GRPOSettings, *, first_pass: bool, skip: frozenset = frozenset()) -> dict[str, float]:
