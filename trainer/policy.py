@@ -172,20 +172,19 @@ class PolicyTrainer(Policy):
         if "entropy" not in out:
             # Every row was skipped: the policy's entropy is still what shows a stuck or collapsing run, so
             # measure it without gradients on one micro-batch.
-            out["entropy"] = self._entropy(prompts[:s.micro_batch_size], responses[:s.micro_batch_size], width,
-                                           s.temperature)
-        out.update(rows_trained=float(len(keep) - len(gradient_free)), rows_skipped_zero_advantage=float(len(gradient_free)),
-                   train_seconds=time.perf_counter() - started,
+            out["entropy"] = self._entropy(prompts[:s.micro_batch_size], responses[:s.micro_batch_size], width, s)
+        out.update(rows_trained=float(len(keep) - len(gradient_free)),
+                   rows_skipped_zero_advantage=float(len(gradient_free)), train_seconds=time.perf_counter() - started,
                    lr=self.scheduler.get_last_lr()[0], optimizer_steps=float(self.optimizer_steps))
         return out
 
     @torch.no_grad()
-    def _entropy(self, prompts, responses, width: int, temperature: float) -> float:
-        """Token-mean entropy of the tempered policy over ``responses`` (no gradient)."""
+    def _entropy(self, prompts, responses, width: int, s: GRPOSettings) -> float:
+        """Entropy of the tempered policy over ``responses``, aggregated as the update's is (no gradient)."""
         with autocast_context(self.settings.precision, self.device):
-            _, entropy, mask = self._forward(prompts, responses, width=width, temperature=temperature,
+            _, entropy, mask = self._forward(prompts, responses, width=width, temperature=s.temperature,
                                              with_entropy=True)
-        return float((entropy * mask).sum() / mask.sum().clamp(min=1))
+        return float(losses.aggregate(entropy, mask, s.loss_agg))
 
     def _grpo_minibatch(self, mini, prompts, responses, adv, width, rollout_lp, old_lp, ref_lp,
                         s: GRPOSettings, *, first_pass: bool, skip: frozenset = frozenset()) -> dict[str, float]:
@@ -231,9 +230,10 @@ class PolicyTrainer(Policy):
             sums["pg_loss"] = sums.get("pg_loss", 0.0) + float(pg.detach()) * tokens
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v * tokens
-        if len(trained) < len(mini):
-            # A parameter the skipped rows would have given an exact zero gradient must still see that zero
-            # (AdamW moves it by its momentum), as it would have without the skip.
+        if not trained:
+            # Without the skip these rows would have given every parameter an exact zero gradient, and the
+            # optimizer still moves a parameter with a zero gradient (momentum): give it that zero.
+            # (When some rows trained, their backward has already given every parameter a gradient.)
             for p in self.model.parameters():
                 if p.requires_grad and p.grad is None:
                     p.grad = torch.zeros_like(p)
