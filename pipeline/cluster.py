@@ -77,7 +77,8 @@ def trainer_settings(cfg: RecipeConfig, total_optimizer_steps: int | None = None
     lora = None
     if t.lora.enabled:
         lora = LoraSettings(rank=t.lora.rank, alpha=t.lora.alpha, dropout=t.lora.dropout, targets=t.lora.targets)
-    optim = OptimSettings(lr=t.optim.lr, weight_decay=t.optim.weight_decay, grad_clip=t.optim.grad_clip,
+    optim = OptimSettings(lr=t.optim.lr, weight_decay=t.optim.weight_decay, betas=tuple(t.optim.betas),
+                          eps=t.optim.eps, grad_clip=t.optim.grad_clip,
                           warmup_steps=t.optim.warmup_steps,
                           total_steps=total_optimizer_steps if t.optim.schedule == "cosine" else None)
     return TrainerSettings(precision=t.precision, lora=lora, optim=optim, threads=default_threads(cfg),

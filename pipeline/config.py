@@ -164,6 +164,8 @@ class LoraConfig(_Strict):
 class OptimConfig(_Strict):
     lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW's moment decay rates (beta1, beta2)")
+    eps: float = Field(1e-8, gt=0, description="AdamW's epsilon")
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 = no clipping")
     warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warm-up")
     schedule: Literal["constant", "cosine"] = "constant"
@@ -176,6 +178,13 @@ class TrainerConfig(_Strict):
     shared_prefix: bool = Field(True, description="a group's responses share one forward pass of their prompt")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+
+    @model_validator(mode="after")
+    def _checkpointing_keeps_the_prompt(self) -> "TrainerConfig":
+        if self.gradient_checkpointing and self.shared_prefix:
+            raise ValueError("gradient_checkpointing=true with shared_prefix=true: transformers' checkpointed "
+                             "layers drop the prompt's KV cache in training, so set trainer.shared_prefix=false")
+        return self
 
 
 class RLConfig(_Strict):
@@ -215,6 +224,11 @@ class RLConfig(_Strict):
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "RLConfig":
+        if self.top_p < 1 and self.tis_cap is not None:
+            # The engine's logprobs are those of the top-p-renormalised distribution; the trainer's are not.
+            raise ValueError(f"top_p={self.top_p} with tis_cap={self.tis_cap}: the engine's logprobs come after "
+                             "top-p filtering and the trainer's do not, so the TIS weights would be biased; "
+                             "set top_p=1.0 or tis_cap=null")
         rows = self.prompts_per_step * self.group_size
         if self.mini_batches > rows:
             raise ValueError(f"mini_batches={self.mini_batches} exceeds the {rows} rows of a step "

@@ -18,7 +18,8 @@ def grpo_settings(cfg: RecipeConfig):
     return GRPOSettings(clip_low=r.clip_low, clip_high=r.clip_high, loss_agg=r.loss_agg, ratio_level=r.ratio_level,
                         kl_coef=r.kl_coef, kl_kind=r.kl_kind, entropy_coef=r.entropy_coef, tis_cap=r.tis_cap,
                         temperature=r.temperature, mini_batches=r.mini_batches, epochs=r.epochs,
-                        micro_batch_size=cfg.trainer.micro_batch_size, skip_zero_advantage=r.skip_zero_advantage)
+                        micro_batch_size=cfg.trainer.micro_batch_size, skip_zero_advantage=r.skip_zero_advantage,
+                        horizon=r.max_new_tokens or cfg.rollout.max_new_tokens)
 
 
 def build_plan(cfg: RecipeConfig, tokenizer, out_dir: Path, *, prefilled_think: bool):

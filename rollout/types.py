@@ -60,7 +60,8 @@ class RolloutBatch:
     prompt_ids: list[list[int]]
     response_ids: list[list[int]]
     group_size: int
-    rollout_logprobs: list[list[float]] | None = None  # engine's logprob of each response token
+    # Engine's logprob of each response token; a row is None where the engine returned none for it.
+    rollout_logprobs: list[list[float] | None] | None = None
     truncated: list[bool] = field(default_factory=list)  # response hit max_new_tokens
     rewards: list[float] = field(default_factory=list)
     advantages: list[float] = field(default_factory=list)
@@ -79,8 +80,10 @@ class RolloutBatch:
             if values and len(values) != n:
                 raise ValueError(f"RolloutBatch.{name}: {len(values)} values for {n} rows")
         if self.rollout_logprobs is not None:
+            if len(self.rollout_logprobs) != n:
+                raise ValueError(f"RolloutBatch.rollout_logprobs: {len(self.rollout_logprobs)} rows for {n} rows")
             for i, (lp, ids) in enumerate(zip(self.rollout_logprobs, self.response_ids)):
-                if len(lp) != len(ids):
+                if lp is not None and len(lp) != len(ids):
                     raise ValueError(f"RolloutBatch.rollout_logprobs[{i}]: {len(lp)} values for {len(ids)} tokens")
 
     def __len__(self) -> int:

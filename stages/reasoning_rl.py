@@ -142,13 +142,15 @@ def build_batch(generations: Sequence[Generation], scores: Sequence[tuple[float,
         for comp in gen.completions:
             prompt_ids.append(gen.prompt_ids)
             response_ids.append(comp.token_ids)
-            logprobs.append(comp.logprobs if comp.logprobs is not None else [0.0] * len(comp.token_ids))
+            # None, never zeros: a zero would pass for probability 1 and bias the TIS weights.
+            logprobs.append(comp.logprobs)
             truncated.append(comp.truncated)
     rewards = [t for t, _ in scores]
     adv = grpo_advantages(torch.tensor(rewards, dtype=torch.float32), plan.group_size, plan.advantage_scale)
     loss_mask = [not (plan.overlong_filter and t) and len(r) > 0 for t, r in zip(truncated, response_ids)]
     return RolloutBatch(prompt_ids=prompt_ids, response_ids=response_ids, group_size=plan.group_size,
-                        rollout_logprobs=logprobs, truncated=truncated, rewards=rewards,
+                        rollout_logprobs=None if all(lp is None for lp in logprobs) else logprobs,
+                        truncated=truncated, rewards=rewards,
                         advantages=adv.tolist(), loss_mask=loss_mask)
 
 
@@ -210,6 +212,9 @@ def rl_step(actors, stream: PromptStream, plan: RLPlan, step: int) -> dict[str, 
         metrics["entropy"] = train["entropy"]
     if "clip_fraction" in train:
         metrics["clip_fraction"] = train["clip_fraction"]
+    if train.get("rows_without_rollout_logprobs"):
+        log.warning("step %d: %d rows came back without rollout logprobs (TIS weight 1, no mismatch metric)",
+                    step, int(train["rows_without_rollout_logprobs"]))
     for k in ("abs_diff", "k3", "frac_over_ln2"):
         if f"mismatch_{k}" in train:
             metrics[f"rollout_train_mismatch/{k}"] = train[f"mismatch_{k}"]

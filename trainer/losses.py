@@ -24,7 +24,10 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, scale: AdvantageScal
     - ``"batch"``: (r - group mean) / (std of all rewards + eps).
     - ``"none"``: r - group mean (Dr.GRPO drops the std division).
 
-    A group of one has no baseline to compare against: its advantage is 0.
+    A group of one has no baseline to compare against: its advantage is 0. A group whose rewards are all
+    equal carries no signal and gets exactly 0, whatever ``scale``: its float32 mean of a value that is not
+    exact in binary (0.6, 1.6) can be one ulp off, and that ulp divided by ``std + eps`` would otherwise
+    push every sample of the group the same way.
     """
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D, got shape {tuple(rewards.shape)}")
@@ -36,7 +39,8 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, scale: AdvantageScal
     if group_size == 1:
         return torch.zeros_like(rewards)
     groups = rewards.view(-1, group_size)
-    centred = groups - groups.mean(dim=1, keepdim=True)
+    all_equal = groups.amax(dim=1, keepdim=True) == groups.amin(dim=1, keepdim=True)
+    centred = torch.where(all_equal, torch.zeros_like(groups), groups - groups.mean(dim=1, keepdim=True))
     if scale == "group":
         centred = centred / (groups.std(dim=1, keepdim=True) + eps)
     elif scale == "batch":
@@ -45,54 +49,64 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, scale: AdvantageScal
     return centred.reshape(-1)
 
 
-def aggregate(values: torch.Tensor, mask: torch.Tensor, agg: LossAgg = "token-mean") -> torch.Tensor:
+def aggregate(values: torch.Tensor, mask: torch.Tensor, agg: LossAgg = "token-mean", *,
+              horizon: int | None = None, denominator: float | torch.Tensor | None = None) -> torch.Tensor:
     """Reduce per-token ``values`` ``[batch, len]`` to a scalar over the tokens where ``mask`` is set.
 
     - ``"token-mean"``: mean over all unmasked tokens of the batch (DAPO).
     - ``"seq-mean-token-mean"``: mean per sequence, then mean over sequences with any token (GRPO paper).
-    - ``"seq-mean-token-sum-norm"``: per-sequence token sum divided by the mask's width (a constant
-      horizon), then mean over sequences (Dr.GRPO): no length bias.
+    - ``"seq-mean-token-sum-norm"``: per-sequence token sum divided by a constant ``horizon`` (Dr.GRPO:
+      ``max_new_tokens``; no length bias), then mean over sequences. Without ``horizon`` the mask's width
+      is used, which is only constant if every batch is padded to the same width.
+
+    ``denominator`` replaces the batch's own count (tokens for token-mean, sequences otherwise): a slice
+    of a larger batch then contributes exactly its share, and the shares sum to the whole batch's value.
     """
     keep = mask.bool()
     values = torch.where(keep, values, torch.zeros_like(values))  # padding may hold inf/nan: never multiply it
     mask = mask.to(values.dtype)
     if agg == "token-mean":
-        return (values * mask).sum() / mask.sum().clamp(min=1.0)
-    if agg == "seq-mean-token-mean":
+        total = (values * mask).sum()
+        count = mask.sum().clamp(min=1.0)
+    elif agg == "seq-mean-token-mean":
         per_seq_tokens = mask.sum(dim=-1)
         has_tokens = (per_seq_tokens > 0).to(values.dtype)
-        per_seq = (values * mask).sum(dim=-1) / per_seq_tokens.clamp(min=1.0)
-        return (per_seq * has_tokens).sum() / has_tokens.sum().clamp(min=1.0)
+        total = ((values * mask).sum(dim=-1) / per_seq_tokens.clamp(min=1.0) * has_tokens).sum()
+        count = has_tokens.sum().clamp(min=1.0)
+    elif agg == "seq-mean-token-sum-norm":
+        total = (values * mask).sum() / (horizon or values.shape[-1])
+        count = values.new_tensor(float(max(values.shape[0], 1)))
+    else:
+        raise ValueError(f"agg={agg!r}: expected one of {', '.join(LOSS_AGGS)}")
+    return total / (count if denominator is None else denominator)
+
+
+def aggregate_count(mask: torch.Tensor, agg: LossAgg) -> float:
+    """The count :func:`aggregate` divides by for ``mask``: tokens (token-mean), sequences with a token
+    (seq-mean-token-mean) or rows (seq-mean-token-sum-norm). The ``denominator`` of a whole batch."""
+    if agg == "token-mean":
+        return max(float(mask.sum()), 1.0)
+    if agg == "seq-mean-token-mean":
+        return max(float((mask.sum(dim=-1) > 0).sum()), 1.0)
     if agg == "seq-mean-token-sum-norm":
-        return ((values * mask).sum(dim=-1) / values.shape[-1]).mean()
+        return float(max(mask.shape[0], 1))
     raise ValueError(f"agg={agg!r}: expected one of {', '.join(LOSS_AGGS)}")
 
 
-def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip_low: float = 0.2, clip_high: float = 0.2, agg: LossAgg = "token-mean",
-                level: Literal["token", "sequence"] = "token",
-                token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO clipped surrogate for GRPO-style training. Returns ``(loss, metrics)``.
-
-    ratio = exp(logp - old_logp) per token (``level="token"``), or the GSPO sequence ratio
-    exp(mean_t(logp - old_logp)) shared by every token of a sequence (``level="sequence"``).
-    The clip range is ``[1 - clip_low, 1 + clip_high]`` (DAPO clip-higher when ``clip_high > clip_low``).
-    ``advantages`` is ``[batch]`` (one per sequence) or ``[batch, len]``. ``token_weights`` (detached,
-    e.g. truncated-importance-sampling weights) multiply the per-token loss.
-
-    metrics: ``clip_fraction`` (tokens where the clipped branch is active), ``clip_low_fraction``,
-    ``clip_high_fraction``, ``ratio_mean``, ``approx_kl`` (k3 of old vs new).
-    """
+def _surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+               clip_low: float, clip_high: float, level: str
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token clipped surrogate ``[batch, len]``, the ratio, and where the clipped branch is active."""
     if logp.shape != old_logp.shape or logp.shape != mask.shape:
         raise ValueError(f"logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)} and mask "
                          f"{tuple(mask.shape)} must have the same shape")
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(-1)
     advantages = advantages.to(logp.dtype).expand_as(logp)
-    maskf = mask.to(logp.dtype)
     # torch.where, not a product: padding may hold anything (inf * 0 is nan).
     log_ratio = torch.where(mask.bool(), logp - old_logp, torch.zeros_like(logp))
     if level == "sequence":
+        maskf = mask.to(logp.dtype)
         seq_log_ratio = log_ratio.sum(-1, keepdim=True) / maskf.sum(-1, keepdim=True).clamp(min=1.0)
         log_ratio = seq_log_ratio.expand_as(logp)
     elif level != "token":
@@ -100,23 +114,108 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    per_token = torch.maximum(unclipped, clipped)
+    return torch.maximum(unclipped, clipped), ratio, (clipped > unclipped)
+
+
+def _clip_sums(ratio: torch.Tensor, active: torch.Tensor, old_logp: torch.Tensor, logp: torch.Tensor,
+               maskf: torch.Tensor, clip_low: float, clip_high: float) -> dict[str, torch.Tensor]:
+    """Token sums (detached) of the clip indicators, the ratio and k3(old || new) over ``maskf``."""
+    with torch.no_grad():
+        active = active.to(maskf.dtype) * maskf
+        return {
+            "clip_fraction": active.sum(),
+            "clip_low_fraction": (active * (ratio < 1.0 - clip_low).to(maskf.dtype)).sum(),
+            "clip_high_fraction": (active * (ratio > 1.0 + clip_high).to(maskf.dtype)).sum(),
+            "ratio_mean": (ratio.detach() * maskf).sum(),
+            "approx_kl": torch.where(maskf.bool(), kl_penalty(old_logp, logp.detach(), "k3"), 0.0).sum(),
+        }
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                clip_low: float = 0.2, clip_high: float = 0.2, agg: LossAgg = "token-mean",
+                level: Literal["token", "sequence"] = "token",
+                token_weights: torch.Tensor | None = None, horizon: int | None = None
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO clipped surrogate for GRPO-style training. Returns ``(loss, metrics)``.
+
+    ratio = exp(logp - old_logp) per token (``level="token"``), or the GSPO sequence ratio
+    exp(mean_t(logp - old_logp)) shared by every token of a sequence (``level="sequence"``).
+    The clip range is ``[1 - clip_low, 1 + clip_high]`` (DAPO clip-higher when ``clip_high > clip_low``).
+    ``logp``, ``old_logp``, ``mask``: ``[batch, len]``; ``advantages``: ``[batch]`` (one per sequence) or
+    ``[batch, len]``. ``token_weights`` (detached, e.g. truncated-importance-sampling weights) multiply
+    the per-token loss.
+
+    metrics: ``clip_fraction`` (tokens where the clipped branch is active), ``clip_low_fraction``,
+    ``clip_high_fraction``, ``ratio_mean``, ``approx_kl`` (k3 of old vs new). The trainer uses
+    :func:`grpo_objective`, which assembles this with the other terms and keeps metrics as tensors.
+    """
+    per_token, ratio, active = _surrogate(logp, old_logp, advantages, mask, clip_low, clip_high, level)
     if token_weights is not None:
         per_token = per_token * token_weights.detach().to(per_token.dtype)
-    loss = aggregate(per_token, maskf, agg)
-    with torch.no_grad():
-        active = clipped > unclipped
-        n = maskf.sum().clamp(min=1.0)
-        low = active & (ratio < 1.0 - clip_low)
-        high = active & (ratio > 1.0 + clip_high)
-        metrics = {
-            "clip_fraction": float((active.to(maskf.dtype) * maskf).sum() / n),
-            "clip_low_fraction": float((low.to(maskf.dtype) * maskf).sum() / n),
-            "clip_high_fraction": float((high.to(maskf.dtype) * maskf).sum() / n),
-            "ratio_mean": float((ratio * maskf).sum() / n),
-            "approx_kl": float(aggregate(kl_penalty(old_logp, logp, "k3"), mask, "token-mean")),
-        }
+    maskf = mask.to(logp.dtype)
+    loss = aggregate(per_token, maskf, agg, horizon=horizon)
+    n = maskf.sum().clamp(min=1.0)
+    metrics = {k: float(v / n) for k, v in _clip_sums(ratio, active, old_logp, logp, maskf, clip_low,
+                                                        clip_high).items()}
     return loss, metrics
+
+
+def grpo_objective(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+                   clip_low: float = 0.2, clip_high: float = 0.28, agg: LossAgg = "token-mean",
+                   level: Literal["token", "sequence"] = "token", horizon: int | None = None,
+                   denominator: float | None = None,
+                   rollout_logp: torch.Tensor | None = None, rollout_valid: torch.Tensor | None = None,
+                   tis_cap: float | None = None,
+                   ref_logp: torch.Tensor | None = None, kl_coef: float = 0.0, kl_kind: KLKind = "k3",
+                   entropy: torch.Tensor | None = None, entropy_coef: float = 0.0
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The whole GRPO loss of a (micro-)batch ``[batch, len]``: clipped surrogate (optionally weighted by
+    truncated importance sampling), + ``kl_coef`` · KL(policy ‖ reference), − ``entropy_coef`` · entropy,
+    each aggregated by ``agg``. Returns ``(loss, sums)``: the loss to backward, and detached 0-d tensors.
+
+    - ``denominator``: the whole mini-batch's count (:func:`aggregate_count`), so that micro-batch losses
+      add up to the mini-batch loss (gradient accumulation); default: this batch's own.
+    - ``rollout_logp`` ``[batch, len]`` with ``rollout_valid`` ``[batch]`` (rows whose engine returned
+      logprobs): TIS weights min(π_old / π_rollout, ``tis_cap``) on valid rows, weight 1 elsewhere; the
+      rollout/trainer mismatch is measured on valid rows only.
+    - ``entropy`` ``[batch, len]``: with ``entropy_coef`` it must carry its graph; without, it is logged.
+
+    ``sums``: ``pg_loss``, ``kl``, ``entropy`` (this batch's share of the aggregate: they add up over
+    micro-batches), and token sums to divide by ``tokens`` (``clip_*``, ``ratio_mean``, ``approx_kl``) or
+    by ``mismatch_tokens`` (``mismatch_abs_diff``, ``mismatch_k3``, ``mismatch_frac_over_ln2``).
+    """
+    maskf = mask.to(logp.dtype)
+    agg_kw = dict(horizon=horizon, denominator=denominator)
+    per_token, ratio, active = _surrogate(logp, old_logp, advantages, mask, clip_low, clip_high, level)
+    sums = _clip_sums(ratio, active, old_logp, logp, maskf, clip_low, clip_high)
+    sums["tokens"] = maskf.sum().detach()
+    if rollout_logp is not None:
+        valid = torch.ones(logp.shape[0], dtype=torch.bool, device=logp.device) if rollout_valid is None \
+            else rollout_valid.to(device=logp.device, dtype=torch.bool)
+        valid_mask = maskf * valid.unsqueeze(-1).to(maskf.dtype)
+        old = old_logp.detach()
+        if tis_cap is not None:
+            weights = torch.where(valid.unsqueeze(-1), truncated_is_weights(old, rollout_logp, tis_cap),
+                                  torch.ones_like(old))
+            per_token = per_token * weights
+        with torch.no_grad():
+            delta = torch.where(valid_mask.bool(), (old - rollout_logp).abs(), 0.0)
+            k3 = torch.where(valid_mask.bool(), kl_penalty(rollout_logp, old, "k3"), 0.0)
+            sums.update(mismatch_abs_diff=delta.sum(), mismatch_k3=k3.sum(),
+                        mismatch_frac_over_ln2=((delta > math.log(2)).to(maskf.dtype) * valid_mask).sum(),
+                        mismatch_tokens=valid_mask.sum())
+    loss = aggregate(per_token, maskf, agg, **agg_kw)
+    sums["pg_loss"] = loss.detach()
+    if ref_logp is not None and kl_coef:
+        kl = aggregate(kl_penalty(logp, ref_logp, kl_kind), maskf, agg, **agg_kw)
+        loss = loss + kl_coef * kl
+        sums["kl"] = kl.detach()
+    if entropy is not None:
+        ent = aggregate(entropy, maskf, agg, **agg_kw)
+        if entropy_coef:
+            loss = loss - entropy_coef * ent
+        sums["entropy"] = ent.detach()
+    return loss, sums
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: KLKind = "k3") -> torch.Tensor:

@@ -5,6 +5,7 @@ Plain classes (no Ray): ``pipeline/`` wraps them as actors, tests use them direc
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 import logging
 import math
 import random
@@ -45,6 +46,12 @@ class Policy:
         if trainable and self.settings.lora is not None:
             model = _with_lora(model, self.settings.lora)
         if trainable and self.settings.gradient_checkpointing:
+            if self.settings.shared_prefix:
+                # transformers' checkpointed layers drop past_key_values in training mode, so the response
+                # pass would silently not see its prompt.
+                raise ValueError("trainer settings: shared_prefix=True cannot be combined with "
+                                 "gradient_checkpointing=True (the response pass would lose the prompt's KV cache); "
+                                 "turn one of them off")
             model.gradient_checkpointing_enable()
         self.model = model
         self.model.train(trainable)
@@ -125,38 +132,47 @@ class PolicyTrainer(Policy):
                    ref_logprobs: list[list[float]] | None = None) -> dict[str, float]:
         """One GRPO update on a scored rollout batch (advantages filled in). Returns metrics.
 
-        ``settings.epochs x settings.mini_batches`` optimizer steps. With a single step, the old policy is
-        the current one (ratio 1, ``old_logp = logp.detach()``) and no extra forward pass is spent.
+        ``settings.epochs x settings.mini_batches`` optimizer steps, always: a batch whose rows are all
+        masked out or all skipped still takes them, with zero gradients, so the optimizer's moments and the
+        schedule move the same way whatever the batch held. With a single step, the old policy is the
+        current one (ratio 1, ``old_logp = logp.detach()``) and no extra forward pass is spent.
 
         Rows whose advantage is 0 (a group where every sample got the same reward) add nothing to the
         gradient when the loss has no KL and no entropy term, so with ``skip_zero_advantage`` they are not
-        run at all: the update is the same (their tokens still count in the token-mean denominator) and
-        the step is cheaper by their share. Per-token metrics (entropy, clip fraction, mismatch) are then
-        over the rows trained.
+        run at all: the update is the same (their tokens still count in the loss's denominator) and the
+        step is cheaper by their share. Per-token metrics (clip fraction, mismatch) are then over the rows
+        trained; the entropy metric comes from one micro-batch (a full-vocabulary softmax is not free).
+
+        Rows whose engine returned no logprobs (``rollout_logprobs[i] is None``) take weight 1 under TIS
+        and are left out of the mismatch metrics; ``rows_without_rollout_logprobs`` counts them.
         """
         s = settings if isinstance(settings, GRPOSettings) else GRPOSettings(**settings)
+        if s.loss_agg == "seq-mean-token-sum-norm" and not s.horizon:
+            raise ValueError("GRPOSettings.horizon must be set for loss_agg='seq-mean-token-sum-norm' (Dr.GRPO "
+                             "divides by a constant: the rollout's max_new_tokens)")
         started = time.perf_counter()
         keep = [i for i in range(len(batch)) if not batch.loss_mask or batch.loss_mask[i]]
-        if not keep:
-            return {"rows_trained": 0.0}
         prompts = [batch.prompt_ids[i] for i in keep]
         responses = [batch.response_ids[i] for i in keep]
         adv = torch.tensor([batch.advantages[i] for i in keep], dtype=torch.float32)
-        width = max(1, max(len(r) for r in responses))  # one constant horizon for every micro-batch
-        rollout_lp = pad_values([batch.rollout_logprobs[i] for i in keep], width) \
-            if batch.rollout_logprobs is not None else None
+        width = max([1] + [len(r) for r in responses])  # stored values are padded to it; micro-batches slice
+        rollout_lp = rollout_valid = None
+        if batch.rollout_logprobs is not None:
+            given = [batch.rollout_logprobs[i] for i in keep]
+            rollout_valid = torch.tensor([lp is not None for lp in given], dtype=torch.bool)
+            rollout_lp = pad_values([lp or [] for lp in given], width)
         ref_lp = pad_values([ref_logprobs[i] for i in keep], width) if ref_logprobs is not None else None
         gradient_free = skippable_rows(adv, s, has_reference=ref_lp is not None)
-        n_updates = s.epochs * s.mini_batches
         old_lp = None
-        if n_updates > 1:
+        if s.epochs * s.mini_batches > 1:
             rows = [i for i in range(len(keep)) if i not in gradient_free]
             old_lp = torch.zeros(len(keep), width)
             if rows:
                 old_lp[rows] = pad_values(self.logprobs([prompts[i] for i in rows], [responses[i] for i in rows],
                                                         temperature=s.temperature,
                                                         micro_batch_size=s.micro_batch_size), width)
-        metrics: dict[str, list[float]] = {}
+        data = _GRPOData(prompts, responses, adv, rollout_lp, rollout_valid, old_lp, ref_lp)
+        sums: dict[str, list[torch.Tensor]] = {}
         order = list(range(len(keep)))
         rng = random.Random(self.settings.seed + self.optimizer_steps)
         self.model.train()
@@ -164,88 +180,100 @@ class PolicyTrainer(Policy):
             if epoch:
                 rng.shuffle(order)
             for mini in _split(order, s.mini_batches):
-                step_metrics = self._grpo_minibatch(mini, prompts, responses, adv, width, rollout_lp, old_lp,
-                                                    ref_lp, s, first_pass=epoch == 0, skip=gradient_free)
-                for k, v in step_metrics.items():
-                    metrics.setdefault(k, []).append(v)
-        out = {k: sum(v) / len(v) for k, v in metrics.items()}
-        if "entropy" not in out:
+                for k, v in self._grpo_minibatch(mini, data, s, first_pass=epoch == 0, skip=gradient_free,
+                                                 with_entropy=not sums).items():
+                    sums.setdefault(k, []).append(v)
+        # The one device-to-host transfer of the step's metrics.
+        names = sorted(sums)
+        flat = torch.stack([torch.stack(sums[k]).sum().float() for k in names]).tolist() if names else []
+        totals = dict(zip(names, flat))
+        out = {}
+        n_minis = s.epochs * s.mini_batches
+        for k in ("pg_loss", "kl"):
+            if k in totals:
+                out[k] = totals[k] / n_minis
+        out.update({k: totals[k] / max(totals.get("tokens", 0.0), 1.0) for k in
+                    ("clip_fraction", "clip_low_fraction", "clip_high_fraction", "ratio_mean", "approx_kl")
+                    if k in totals})
+        out.update({k: totals[k] / max(totals["mismatch_tokens"], 1.0) for k in
+                    ("mismatch_abs_diff", "mismatch_k3", "mismatch_frac_over_ln2") if "mismatch_tokens" in totals})
+        out["grad_norm"] = totals.get("grad_norm", 0.0) / n_minis
+        if "entropy" in totals:
+            out["entropy"] = totals["entropy"] / (n_minis if s.entropy_coef else 1)
+        elif keep:
             # Every row was skipped: the policy's entropy is still what shows a stuck or collapsing run, so
             # measure it without gradients on one micro-batch.
-            out["entropy"] = self._entropy(prompts[:s.micro_batch_size], responses[:s.micro_batch_size], width, s)
+            out["entropy"] = self._entropy(prompts[:s.micro_batch_size], responses[:s.micro_batch_size], s)
         out.update(rows_trained=float(len(keep) - len(gradient_free)),
-                   rows_skipped_zero_advantage=float(len(gradient_free)), train_seconds=time.perf_counter() - started,
+                   rows_skipped_zero_advantage=float(len(gradient_free)),
+                   rows_masked=float(len(batch) - len(keep)),
+                   rows_without_rollout_logprobs=float((~rollout_valid).sum()) if rollout_valid is not None else 0.0,
+                   train_seconds=time.perf_counter() - started,
                    lr=self.scheduler.get_last_lr()[0], optimizer_steps=float(self.optimizer_steps))
         return out
 
     @torch.no_grad()
-    def _entropy(self, prompts, responses, width: int, s: GRPOSettings) -> float:
+    def _entropy(self, prompts, responses, s: GRPOSettings) -> float:
         """Entropy of the tempered policy over ``responses``, aggregated as the update's is (no gradient)."""
         with autocast_context(self.settings.precision, self.device):
-            _, entropy, mask = self._forward(prompts, responses, width=width, temperature=s.temperature,
-                                             with_entropy=True)
-        return float(losses.aggregate(entropy, mask, s.loss_agg))
+            _, entropy, mask = self._forward(prompts, responses, temperature=s.temperature, with_entropy=True)
+        return float(losses.aggregate(entropy, mask, s.loss_agg, horizon=s.horizon))
 
-    def _grpo_minibatch(self, mini, prompts, responses, adv, width, rollout_lp, old_lp, ref_lp,
-                        s: GRPOSettings, *, first_pass: bool, skip: frozenset = frozenset()) -> dict[str, float]:
+    def _grpo_minibatch(self, mini: list[int], data: "_GRPOData", s: GRPOSettings, *, first_pass: bool,
+                        skip: frozenset = frozenset(), with_entropy: bool = True) -> dict[str, torch.Tensor]:
+        """forward -> :func:`trainer.losses.grpo_objective` -> backward per micro-batch, then one optimizer
+        step. Returns the mini-batch's metric sums as tensors (no host sync here)."""
         self.optimizer.zero_grad(set_to_none=True)
-        # The denominators count every row of the mini-batch, skipped or not, so skipping changes nothing.
-        mini_tokens = sum(max(len(responses[i]), 0) for i in mini)
-        trained = [i for i in mini if i not in skip]
-        trained_tokens = sum(len(responses[i]) for i in trained)
-        sums: dict[str, float] = {}
-        # Entropy is always logged; only with a bonus does it need the autograd graph.
-        need_entropy = "grad" if s.entropy_coef else True
-        for micro in _chunks(trained, s.micro_batch_size):
+        # The denominator counts every row of the mini-batch, skipped or not, so skipping changes nothing.
+        denominator = losses.aggregate_count(_length_mask([len(data.responses[i]) for i in mini]), s.loss_agg)
+        # Rows of a group next to each other (they share a prompt pass), shortest first within it, so a
+        # micro-batch is padded only to its own longest response. The order does not change the sum.
+        trained = sorted((i for i in mini if i not in skip),
+                         key=lambda i: (tuple(data.prompts[i]), len(data.responses[i])))
+        sums: dict[str, torch.Tensor] = {}
+        for n, micro in enumerate(_chunks(trained, s.micro_batch_size)):
             idx = torch.tensor(micro)
+            # Entropy is a full-vocabulary softmax: with a bonus it is part of the loss on every micro-batch;
+            # as a metric, the step's first micro-batch is enough.
+            entropy_mode = "grad" if s.entropy_coef else (with_entropy and n == 0)
             with autocast_context(self.settings.precision, self.device):
-                logp, entropy, mask = self._forward([prompts[i] for i in micro], [responses[i] for i in micro],
-                                                    width=width, temperature=s.temperature, with_entropy=need_entropy)
-            old = old_lp[idx].to(self.device) if old_lp is not None else logp.detach()
-            weights = None
-            if rollout_lp is not None:
-                r_lp = rollout_lp[idx].to(self.device)
-                if s.tis_cap is not None:
-                    weights = losses.truncated_is_weights(old, r_lp, s.tis_cap)
-                if first_pass:
-                    for k, v in losses.logprob_mismatch(old, r_lp, mask).items():
-                        sums[f"mismatch_{k}"] = sums.get(f"mismatch_{k}", 0.0) + v * float(mask.sum())
-            pg, m = losses.policy_loss(logp, old, adv[idx].to(self.device), mask, clip_low=s.clip_low,
-                                       clip_high=s.clip_high, agg=s.loss_agg, level=s.ratio_level,
-                                       token_weights=weights)
-            loss = pg
-            if ref_lp is not None and s.kl_coef:
-                kl = losses.aggregate(losses.kl_penalty(logp, ref_lp[idx].to(self.device), s.kl_kind), mask,
-                                      s.loss_agg)
-                loss = loss + s.kl_coef * kl
-                sums["kl"] = sums.get("kl", 0.0) + float(kl.detach()) * float(mask.sum())
-            if entropy is not None:
-                ent = losses.aggregate(entropy, mask, s.loss_agg)
-                if s.entropy_coef:
-                    loss = loss - s.entropy_coef * ent
-                sums["entropy"] = sums.get("entropy", 0.0) + float(ent.detach()) * float(mask.sum())
-            share = (float(mask.sum()) / max(mini_tokens, 1)) if s.loss_agg == "token-mean" else len(micro) / len(mini)
-            (loss * share).backward()
-            tokens = float(mask.sum())
-            sums["pg_loss"] = sums.get("pg_loss", 0.0) + float(pg.detach()) * tokens
-            for k, v in m.items():
-                sums[k] = sums.get(k, 0.0) + v * tokens
+                logp, entropy, mask = self._forward([data.prompts[i] for i in micro],
+                                                    [data.responses[i] for i in micro],
+                                                    temperature=s.temperature, with_entropy=entropy_mode)
+            w = mask.shape[1]
+            take = lambda t: t[idx, :w].to(self.device) if t is not None else None  # noqa: E731
+            old = take(data.old_lp) if data.old_lp is not None else logp.detach()
+            loss, terms = losses.grpo_objective(
+                logp, old, data.advantages[idx].to(self.device), mask, clip_low=s.clip_low, clip_high=s.clip_high,
+                agg=s.loss_agg, level=s.ratio_level, horizon=s.horizon, denominator=denominator,
+                rollout_logp=take(data.rollout_lp),
+                rollout_valid=data.rollout_valid[idx] if data.rollout_valid is not None else None,
+                tis_cap=s.tis_cap, ref_logp=take(data.ref_lp), kl_coef=s.kl_coef, kl_kind=s.kl_kind,
+                entropy=entropy, entropy_coef=s.entropy_coef)
+            loss.backward()
+            if not s.entropy_coef and entropy is not None:
+                # Logged, not trained: the micro-batch's own aggregate, not its share of the mini-batch.
+                terms["entropy"] = losses.aggregate(entropy, mask, s.loss_agg, horizon=s.horizon).detach()
+            if not first_pass:  # the mismatch is a property of the rollout: measure it once
+                for k in ("mismatch_abs_diff", "mismatch_k3", "mismatch_frac_over_ln2", "mismatch_tokens"):
+                    terms.pop(k, None)
+            for k, v in terms.items():
+                sums[k] = sums[k] + v if k in sums else v
         if not trained:
             # Without the skip these rows would have given every parameter an exact zero gradient, and the
-            # optimizer still moves a parameter with a zero gradient (momentum): give it that zero.
-            # (When some rows trained, their backward has already given every parameter a gradient.)
+            # optimizer still moves a parameter with a zero gradient (momentum, weight decay): give it that
+            # zero. (When some rows trained, their backward has already given every parameter a gradient.)
             for p in self.model.parameters():
                 if p.requires_grad and p.grad is None:
                     p.grad = torch.zeros_like(p)
-        grad_norm = self._optimizer_step()
-        out = {k: v / max(trained_tokens, 1) for k, v in sums.items()}
-        out["grad_norm"] = grad_norm
-        return out
+        sums["grad_norm"] = self._optimizer_step()
+        return sums
 
-    def _optimizer_step(self) -> float:
+    def _optimizer_step(self) -> torch.Tensor:
+        """Clip, step (unless the gradient is not finite), advance the schedule. Returns the gradient norm."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         clip = self.settings.optim.grad_clip
-        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip and clip > 0 else float("inf"))
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip and clip > 0 else float("inf")).detach()
         if torch.isfinite(norm):
             self.optimizer.step()
         else:  # a non-finite gradient would poison the weights and Adam's moments for good: skip the step
@@ -253,7 +281,7 @@ class PolicyTrainer(Policy):
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_steps += 1
-        return float(norm)
+        return norm
 
     # ---- SFT ----------------------------------------------------------------------------------------------
 
@@ -285,7 +313,7 @@ class PolicyTrainer(Policy):
                 nll = -(logp * rows.response_mask).sum()
                 (nll / max(total_tokens, 1)).backward()
                 loss_sum += float(nll.detach())
-        grad_norm = self._optimizer_step()
+        grad_norm = float(self._optimizer_step())
         return {"loss": loss_sum / max(total_tokens, 1), "grad_norm": grad_norm, "tokens": float(total_tokens),
                 "lr": self.scheduler.get_last_lr()[0], "train_seconds": time.perf_counter() - started}
 
@@ -400,13 +428,34 @@ def skippable_rows(advantages: torch.Tensor, settings: GRPOSettings, *, has_refe
     return frozenset(int(i) for i in torch.nonzero(advantages == 0).flatten())
 
 
+@dataclass
+class _GRPOData:
+    """One GRPO batch after masking, as the mini-batch loop indexes it. Per-token values are ``[rows, width]``
+    (zero-padded to the batch's longest response); micro-batches slice them to their own width."""
+
+    prompts: list[list[int]]
+    responses: list[list[int]]
+    advantages: torch.Tensor  # [rows]
+    rollout_lp: torch.Tensor | None
+    rollout_valid: torch.Tensor | None  # [rows] bool: the engine returned logprobs for the row
+    old_lp: torch.Tensor | None
+    ref_lp: torch.Tensor | None
+
+
+def _length_mask(lengths: list[int]) -> torch.Tensor:
+    """``[len(lengths), max length]`` float mask with ``lengths[i]`` leading ones per row."""
+    width = max([1] + lengths)
+    return (torch.arange(width).unsqueeze(0) < torch.tensor(lengths or [0]).unsqueeze(1)).float()
+
+
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), max(1, size))]
 
 
 def _split(items: list, parts: int) -> list[list]:
-    """``items`` in ``parts`` near-equal consecutive slices (no empty slice)."""
-    parts = max(1, min(parts, len(items)))
+    """``items`` in exactly ``parts`` near-equal consecutive slices (empty ones when there are fewer items:
+    the optimizer steps as often as configured whatever the batch held)."""
+    parts = max(1, parts)
     base, extra = divmod(len(items), parts)
     out, start = [], 0
     for p in range(parts):

@@ -42,6 +42,7 @@ class GRPOSettings:
     epochs: int = 1
     micro_batch_size: int = 8  # rows per forward/backward (gradient accumulation inside a mini-batch)
     skip_zero_advantage: bool = True  # rows with advantage 0 carry no gradient (no KL/entropy term): skip them
+    horizon: int | None = None  # seq-mean-token-sum-norm's constant divisor: the rollout's max_new_tokens
 
     def as_dict(self) -> dict:
         return asdict(self)
