@@ -14,6 +14,9 @@ STAMP  := $(VENV)/.r1-setup-done
 setup: $(STAMP)
 	# The code sandbox (sandbox/) isolates model-written code with bubblewrap.
 	command -v bwrap >/dev/null || (apt-get update -qq && apt-get install -y -qq bubblewrap)
+	# tcmalloc, preloaded into the model actors (cluster.allocator: auto): bench/grpo_train_levers.py.
+	test -e /usr/lib/$$(uname -m)-linux-gnu/libtcmalloc_minimal.so.4 || \
+		(apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

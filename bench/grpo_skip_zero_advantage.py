@@ -5,8 +5,16 @@
 A rollout batch shaped like the quickstart's (``--groups`` prompts of the R1 format × ``--group-size``
 responses of 40-110 tokens) where ``--zero-groups`` groups got the same reward for every sample. The same
 batch is trained from the same weights with ``skip_zero_advantage`` off and on, alternately, ``--repeats``
-times each; the script prints seconds per update, their ratio, and the largest weight difference between
-the two results (the skip must not change the update), and writes ``bench/results/grpo_skip_zero_advantage.json``.
+times each; the script prints seconds per update and their ratio.
+
+Then it checks that the skip does not change the update, on the gradient itself: one more (untimed) update
+each way, from the same weights, records the accumulated gradient as the optimizer step receives it (before
+clipping) and compares the two. Comparing the weights after one fresh AdamW step cannot show this: Adam's
+first step is ~lr * sign(g) and clipping rescales g, so a gradient mis-weighted by any constant (e.g. a
+token-mean denominator that forgot the skipped rows) gives the same weights. The JSON records the gradient
+norms, their ratio, the cosine and the largest relative difference (a mis-weighted gradient moves the ratio
+off 1 by the skipped share), next to the (scale-blind) weight difference. Writes
+``bench/results/grpo_skip_zero_advantage.json``.
 """
 from __future__ import annotations
 
@@ -52,6 +60,45 @@ def make_batch(tokenizer, groups: int, group_size: int, zero_groups: int, seed: 
                         rollout_logprobs=None, truncated=[False] * len(rewards), rewards=rewards, advantages=adv)
 
 
+def capture_gradients(trainer: PolicyTrainer) -> list[dict[str, torch.Tensor]]:
+    """Record, at every optimizer step, the accumulated gradients the step receives (before clipping)."""
+    seen: list[dict[str, torch.Tensor]] = []
+    original = trainer._optimizer_step
+
+    def step():
+        seen.append({n: p.grad.detach().float().clone() for n, p in trainer.model.named_parameters()
+                     if p.grad is not None})
+        return original()
+
+    trainer._optimizer_step = step
+    return seen
+
+
+def compare_gradients(off: dict[str, torch.Tensor], on: dict[str, torch.Tensor]) -> dict:
+    """How far the skip-on gradient is from the skip-off one: norms, their ratio, cosine, largest differences.
+
+    Scale-sensitive, unlike the weights after an Adam step: a gradient mis-weighted by a constant c shows
+    as ``norm_ratio_on_over_off`` = c. Equal updates give ratio 1 and cosine 1 up to bf16 noise (the skip
+    changes which rows share a micro-batch, hence the padding and the order of the sums)."""
+    names = sorted(set(off) | set(on))
+    missing = [n for n in names if n not in off or n not in on]
+    common = [n for n in names if n in off and n in on]
+    norm_off = float(torch.sqrt(sum((off[n] ** 2).sum() for n in common)))
+    norm_on = float(torch.sqrt(sum((on[n] ** 2).sum() for n in common)))
+    dot = float(sum((off[n] * on[n]).sum() for n in common))
+    diff = float(torch.sqrt(sum(((on[n] - off[n]) ** 2).sum() for n in common)))
+    return {
+        "compared": "accumulated gradient at the optimizer step, before clipping (skip on vs off)",
+        "grad_norm_off": norm_off, "grad_norm_on": norm_on,
+        "norm_ratio_on_over_off": norm_on / norm_off if norm_off else float("nan"),
+        "cosine": dot / (norm_off * norm_on) if norm_off and norm_on else float("nan"),
+        "relative_l2_difference": diff / norm_off if norm_off else float("nan"),
+        "max_abs_difference": max(float((on[n] - off[n]).abs().max()) for n in common),
+        "max_abs_gradient": max(float(off[n].abs().max()) for n in common),
+        "parameters_with_a_gradient_only_one_way": missing,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
@@ -81,10 +128,21 @@ def main() -> None:
     max_diff = max(float((results[True]["state"][k] - results[False]["state"][k]).abs().max()) for k in start)
     moved = max(float((results[False]["state"][k] - start[k]).abs().max()) for k in start)
     off, on = statistics.median(seconds[False]), statistics.median(seconds[True])
+    grads = {}
+    for skip in (False, True):  # untimed: cloning every gradient costs time of its own
+        trainer.model.load_state_dict(start)
+        trainer.optimizer.load_state_dict(optimizer_start)
+        seen = capture_gradients(trainer)
+        trainer.train_grpo(batch, GRPOSettings(tis_cap=None, skip_zero_advantage=skip))
+        (grads[skip],) = seen
+        del trainer._optimizer_step  # back to the class's method
     figures = {
         "rows": len(batch), "rows_with_zero_advantage": sum(a == 0 for a in batch.advantages),
         "seconds_per_update_skip_off": round(off, 2), "seconds_per_update_skip_on": round(on, 2),
-        "speedup": round(off / on, 2), "max_weight_difference": max_diff, "max_weight_change_of_the_update": moved,
+        "speedup": round(off / on, 2),
+        "gradient_check": compare_gradients(grads[False], grads[True]),
+        "max_weight_difference": max_diff, "max_weight_change_of_the_update": moved,
+        "weight_check_note": "one fresh AdamW step with clipping: blind to the gradient's scale; see gradient_check",
         "rows_trained": {"off": results[False]["rows_trained"], "on": results[True]["rows_trained"]},
         "runs": {"off": [round(s, 2) for s in seconds[False]], "on": [round(s, 2) for s in seconds[True]]},
         "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),

@@ -81,11 +81,42 @@ class RewardWorker:
         return list(self.pool.map(self._score_one, completions, samples))
 
 
-def worker_env(threads: int | None) -> dict[str, str]:
-    """Environment for an actor process: thread counts and the caches the driver uses."""
+# The allocators an actor can preload, by the file their Debian/RPM packages install.
+ALLOCATOR_LIBRARIES = {"tcmalloc": "libtcmalloc_minimal.so.4", "jemalloc": "libjemalloc.so.2"}
+_LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
+                 "/usr/local/lib")
+
+
+def allocator_library(name: str) -> str | None:
+    """The shared library to preload for allocator ``name`` (``auto``: tcmalloc if installed; ``system``:
+    none). An explicit allocator that is not installed is an error naming the package that brings it."""
+    if name == "system":
+        return None
+    wanted = ["tcmalloc"] if name == "auto" else [name]
+    if name not in ("auto", *ALLOCATOR_LIBRARIES):
+        raise ValueError(f"cluster.allocator={name!r}: expected 'auto', 'system' or one of {sorted(ALLOCATOR_LIBRARIES)}")
+    for candidate in wanted:
+        for folder in _LIBRARY_DIRS:
+            path = os.path.join(folder, ALLOCATOR_LIBRARIES[candidate])
+            if os.path.exists(path):
+                return path
+    if name == "auto":
+        return None
+    package = {"tcmalloc": "libtcmalloc-minimal4", "jemalloc": "libjemalloc2"}[name]
+    raise ValueError(f"cluster.allocator={name!r}: {ALLOCATOR_LIBRARIES[name]} not found (apt-get install {package})")
+
+
+def worker_env(threads: int | None, allocator: str = "system") -> dict[str, str]:
+    """Environment for an actor process: thread counts, the caches the driver uses, and the memory
+    allocator to preload (PyTorch and vLLM on CPU allocate and free large tensors every step; glibc's
+    malloc returns them to the kernel and faults them back in, tcmalloc keeps them: measured in
+    ``bench/grpo_train_levers.py``)."""
     env = {"TOKENIZERS_PARALLELISM": "false"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
+    library = allocator_library(allocator)
+    if library:
+        env["LD_PRELOAD"] = ":".join(filter(None, [library, os.environ.get("LD_PRELOAD")]))
     for key in ("R1_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "VLLM_CPU_OMP_THREADS_BIND",
                 "VLLM_ENABLE_V1_MULTIPROCESSING"):
         if key in os.environ:

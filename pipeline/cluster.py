@@ -86,11 +86,11 @@ def trainer_settings(cfg: RecipeConfig, total_optimizer_steps: int | None = None
                            shared_prefix=t.shared_prefix)
 
 
-def _options(spec, threads: int | None) -> dict:
+def _options(spec, threads: int | None, allocator: str = "system") -> dict:
     from .actors import worker_env
 
     return {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus,
-            "runtime_env": {"env_vars": worker_env(threads)}}
+            "runtime_env": {"env_vars": worker_env(threads, allocator)}}
 
 
 def start_trainer(cfg: RecipeConfig, model_dir: str, settings, cls=None, *args):
@@ -102,7 +102,7 @@ def start_trainer(cfg: RecipeConfig, model_dir: str, settings, cls=None, *args):
         from trainer.policy import PolicyTrainer as cls
 
     connect(cfg)
-    options = _options(cfg.cluster.trainer, default_threads(cfg))
+    options = _options(cfg.cluster.trainer, default_threads(cfg), cfg.cluster.allocator)
     return ray.remote(cls).options(**options).remote(model_dir, settings, *args)
 
 
@@ -124,8 +124,9 @@ def _new_rollout(cfg: RecipeConfig, model_dir: str, *, wait: bool):
 
     connect(cfg)
     threads = default_threads(cfg)
-    handle = ray.remote(RolloutWorker).options(**_options(cfg.cluster.rollout, threads)).remote(
-        cfg.rollout.engine, model_dir, engine_options(cfg), threads)
+    options = _options(cfg.cluster.rollout, threads, cfg.cluster.allocator)
+    handle = ray.remote(RolloutWorker).options(**options).remote(cfg.rollout.engine, model_dir, engine_options(cfg),
+                                                                 threads)
     if wait:
         ray.get(handle.ready.remote())
     return handle
@@ -234,7 +235,8 @@ def build_rl_actors(cfg: RecipeConfig, model_dir: str, *, prefilled_think: bool,
             ref_is_trainer = True
         else:
             ref_settings = trainer_settings(cfg)
-            reference = ray.remote(Policy).options(**_options(c.reference, threads)).remote(model_dir, ref_settings)
+            reference = ray.remote(Policy).options(**_options(c.reference, threads, c.allocator)).remote(
+                model_dir, ref_settings)
     actors = RLActors(rollout=rollout, trainer=trainer, rewards=rewards, reference=reference,
                       reference_is_trainer=ref_is_trainer)
     # Surface a failing constructor (bad model dir, out of memory) here, as the error it is.

@@ -151,6 +151,17 @@ class ClusterConfig(_Strict):
     reference: ResourceSpec = Field(default_factory=lambda: ResourceSpec(num_cpus=0.5))
     reward: ResourceSpec = Field(default_factory=lambda: ResourceSpec(num_cpus=0.5))
     reward_workers: int = Field(1, ge=1)
+    allocator: Literal["auto", "tcmalloc", "jemalloc", "system"] = Field(
+        "auto", description="memory allocator preloaded into the model actors (auto: tcmalloc when installed; "
+        "make setup installs it)")
+
+    @field_validator("allocator")
+    @classmethod
+    def _installed(cls, name: str) -> str:
+        from .actors import allocator_library
+
+        allocator_library(name)  # an explicit allocator that is not installed fails here, in one line
+        return name
 
 
 class LoraConfig(_Strict):

@@ -204,3 +204,4 @@ def test_adam_betas_and_eps_come_from_the_config(tiny_model_dir):
     with pytest.raises(ConfigError, match="trainer.optim.betas"):
         load_config(None, ["trainer.optim.betas=[0.9]"])
     assert math.isclose(load_config(None).trainer.optim.eps, 1e-8)
+

@@ -161,6 +161,11 @@ print(json.dumps({"tcp": attempt(tcp), "udp": attempt(udp), "interfaces": attemp
 
 def test_killing_the_parent_and_everything_reachable_leaves_the_host_alive():
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    # A host process that is not ours (own session, not our child) and this test process's own parent: a
+    # `kill -9 -1` that escaped the sandbox would reach both (same host user), and a killed parent would
+    # leave this process reparented.
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+    parent = os.getppid()
     try:
         code = PROBE + """
 import signal, subprocess, sys
@@ -176,10 +181,14 @@ os.kill(-1, signal.SIGKILL)
         assert result.exit_code == 137 and not result.timed_out  # the program killed itself, nothing else
         seen = json.loads(result.stdout.strip().splitlines()[-1])
         assert seen["kill parent"] == "EPERM" and seen["kill pid 1"] == "EPERM"
-        assert os.getpid() and os.getppid() != 1  # this test process is fine too
+        assert stranger.poll() is None  # a host process in another session survived
+        assert os.getppid() == parent  # our parent was not killed (we were not reparented) ...
+        os.kill(parent, 0)  # ... and is still there to signal (ProcessLookupError if it is gone)
+        assert outcomes(run(PROBE + "print(json.dumps({'ok': 'yes'}))")) == {"ok": "yes"}  # sandbox still works
     finally:
-        bystander.kill()
-        bystander.wait()
+        for proc in (bystander, stranger):
+            proc.kill()
+            proc.wait()
 
 
 def test_signals_to_host_pids_cannot_reach_them():

@@ -18,13 +18,47 @@ def _steps(path):
     return [row["step"] for row in read_metrics(path)]
 
 
+def _constant_reward_ids(overrides: list[str], steps: int, prompts_per_step: int) -> list[str]:
+    """The id of the first prompt of each of the first ``steps`` RL steps, drawn as the stage draws them
+    (the same train split, the same seeded stream)."""
+    from pipeline.config import load_config
+    from pipeline.data import build_splits
+    from stages.prompt_stream import PromptStream
+
+    cfg = load_config("configs/quickstart.yaml", overrides)
+    train, _ = build_splits(cfg)
+    stream = PromptStream(train, seed=cfg.run.seed)
+    return [stream.take(prompts_per_step)[0]["id"] for _ in range(steps)]
+
+
+def _check_skip_step(row: dict) -> None:
+    """One training step on the default zero-advantage skip: the all-equal group's rows (4) were skipped, the
+    mixed group's (4) trained, and the step's training metrics are real numbers."""
+    import math
+
+    trained, skipped = row["train/rows_trained"], row["train/rows_skipped_zero_advantage"]
+    masked = row.get("train/rows_masked", 0)  # an empty completion is left out of the loss
+    assert 0 < trained <= 4 and 0 < skipped <= 4 and trained + skipped + masked == 8, row
+    assert row["reward/std"] > 0, row
+    for key in ("entropy", "train/grad_norm", "train/pg_loss"):
+        assert row[key] is not None and math.isfinite(row[key]), (key, row)
+    assert row["entropy"] > 0 and row["train/grad_norm"] > 0, row
+    assert 0.0 <= row["clip_fraction"] <= 1.0, row
+
+
 def test_reasoning_rl_runs_checkpoints_and_resumes(tmp_path, smollm2_dir):
     import ray
 
-    # Every row is trained (no zero-advantage skip): the per-token training metrics and the rollout/trainer
-    # logprob check below need trained rows, and the untrained model's groups are often all-equal.
-    base = ["reasoning-rl", "-c", "configs/quickstart.yaml", f"run.output_dir={tmp_path}", "run.name=t", *TINY,
-            "rl.skip_zero_advantage=false"]
+    # The default zero-advantage skip, on groups whose rewards are known: a test reward
+    # (tests/mixed_rewards.py) gives the first prompt of every step one constant reward (all-equal group,
+    # advantage 0: skipped) and the second a reward that differs between completions (mixed: trained). The
+    # rule rewards stay in at weight 0, so their metrics are still logged.
+    run = [f"run.output_dir={tmp_path}", "run.name=t", *TINY]
+    constant_ids = _constant_reward_ids(run, steps=3, prompts_per_step=2)
+    rewards = ("rewards.items=[{name: format, weight: 0.0}, {name: correctness, weight: 0.0}, "
+               "{name: 'tests.mixed_rewards:split_groups', weight: 1.0, options: {constant_ids: [%s]}}]"
+               % ", ".join(f"'{i}'" for i in constant_ids))
+    base = ["reasoning-rl", "-c", "configs/quickstart.yaml", *run, rewards]
     try:
         assert main(base + ["rl.steps=2"]) == 0
         out = tmp_path / "t" / "reasoning_rl"
@@ -36,7 +70,9 @@ def test_reasoning_rl_runs_checkpoints_and_resumes(tmp_path, smollm2_dir):
                     "tokens_per_second/generate", "time/generate", "time/train", "time/sync", "time/reward",
                     "memory/gib"):
             assert key in step, key
-        assert step["generated_groups"] == 2 and step["train/rows_trained"] == 8
+        assert step["generated_groups"] == 2
+        _check_skip_step(step)  # half the rows skipped, half trained
+        _check_skip_step(rows[2])
         # The engine's and the trainer's logprobs of the sampled tokens agree (fp32 both; sync after step 1).
         assert rows[2]["rollout_train_mismatch/abs_diff"] < 0.05
         assert (out / "checkpoints" / "latest").read_text() == "step_00002"
@@ -51,6 +87,7 @@ def test_reasoning_rl_runs_checkpoints_and_resumes(tmp_path, smollm2_dir):
         assert _steps(out / "metrics.jsonl") == [0, 1, 2, 3]
         rows = read_metrics(out / "metrics.jsonl")
         assert rows[3]["data/epoch"] > rows[2]["data/epoch"]
+        _check_skip_step(rows[3])  # the resumed run is on the skip path too
         assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_00002", "step_00003"]
     finally:
         ray.shutdown()

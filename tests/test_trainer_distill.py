@@ -83,6 +83,30 @@ def test_token_kl_temperature_divides_the_logits():
         assert token_kl(student, teacher, mask, direction=direction, temperature=1e4).max() < 1e-6
 
 
+def test_token_kl_soft_target_gradient_shrinks_as_one_over_t_squared():
+    # The claim behind the caller's T^2 weighting (token_kl's docstring, Hinton et al.): the gradient of the
+    # tempered KL with respect to the student's logits shrinks as 1/T^2, so T^2 * KL keeps its scale. At a
+    # high temperature T^2 * grad tends to the centred logit difference over the vocabulary size.
+    gen = torch.Generator().manual_seed(4)
+    student, teacher = torch.randn(2, 2, 3, 40, generator=gen) * 3
+    mask = torch.ones(2, 3)
+    diff = student - teacher
+    limit = (diff - diff.mean(-1, keepdim=True)) / diff.shape[-1]
+    for direction in ("forward", "reverse"):
+        grads = {}
+        for t in (1.0, 16.0, 32.0, 64.0):
+            logits = student.clone().requires_grad_(True)
+            (grads[t],) = torch.autograd.grad(token_kl(logits, teacher, mask, direction=direction,
+                                                       temperature=t).sum(), logits)
+        for t in (16.0, 32.0):  # doubling T quarters the unscaled gradient
+            assert float(grads[2 * t].norm() / grads[t].norm()) == pytest.approx(0.25, rel=0.03), (direction, t)
+        scaled = {t: t ** 2 * g for t, g in grads.items()}
+        assert float((scaled[64.0] - limit).norm() / limit.norm()) < 0.1, direction
+        # T^2 keeps the scale (within 2x from T=1 to T=64), where the unscaled gradient falls ~4000x.
+        norms = [float(g.norm()) for g in scaled.values()]
+        assert max(norms) < 2 * min(norms), (direction, norms)
+
+
 def test_masked_positions_with_inf_and_nan_give_zero_and_finite_gradients():
     gen = torch.Generator().manual_seed(3)
     clean_s, clean_t = torch.randn(2, 2, 4, 30, generator=gen)
@@ -275,6 +299,27 @@ def test_distill_sft_with_kl_weight_one_reduces_the_forward_kl(tiny_model_dir, o
     assert kls[0] > 1e-3
     assert kls[-1] < 0.5 * kls[0], kls
     assert history[0]["loss"] == pytest.approx(kls[0], rel=1e-6)  # weight 1, temperature 1: the loss is the KL
+
+
+def test_distill_sft_t_squared_keeps_the_kl_gradient_across_temperatures(tiny_model_dir, other_teacher_dir):
+    # train_distill_sft's docstring: the KL of the softened distributions, times T^2, so that soft-target
+    # gradients (which shrink as 1/T^2) keep their size. On these tiny models the logits are small, so T = 1
+    # is already in the high-temperature regime: the KL falls as 1/T^2 while T^2 * KL and the step's
+    # gradient stay put. Without the T^2 factor the gradient at T = 4 would be ~16x smaller.
+    runs = {}
+    for t in (1.0, 4.0):
+        trainer = DistillTrainer(tiny_model_dir, _settings(), other_teacher_dir)
+        seen = _capture_grads(trainer)
+        runs[t] = (trainer.train_distill_sft(PROMPTS, TARGETS, kl_weight=1.0, temperature=t), seen[0])
+    (cold, cold_grads), (hot, hot_grads) = runs[1.0], runs[4.0]
+    assert cold["kl"] > 1e-3
+    assert hot["kl"] == pytest.approx(cold["kl"] / 16, rel=0.05)  # the softened distributions are closer
+    assert hot["loss"] == pytest.approx(16 * hot["kl"], rel=1e-6)  # weight 1: the loss is T^2 * KL
+    assert hot["loss"] == pytest.approx(cold["loss"], rel=0.05)
+    assert float(hot["grad_norm"]) == pytest.approx(float(cold["grad_norm"]), rel=0.05)
+    for name, grad in cold_grads.items():  # the same direction too, not just the same norm
+        cosine = F.cosine_similarity(hot_grads[name].flatten(), grad.flatten(), dim=0)
+        assert float(cosine) > 0.9, name
 
 
 def test_bf16_autocast_runs(tiny_model_dir, other_teacher_dir):

@@ -56,7 +56,7 @@ def test_grpo_update_raises_good_and_lowers_bad_responses(tiny_model_dir, agg):
     trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32", optim=OptimSettings(lr=1e-2)))
     batch = _batch([1.0, -1.0, -1.0, 1.0])
     before = trainer.batch_logprobs(batch)
-    metrics = trainer.train_grpo(batch, GRPOSettings(loss_agg=agg, micro_batch_size=1, tis_cap=None))
+    metrics = trainer.train_grpo(batch, GRPOSettings(loss_agg=agg, micro_batch_size=1, tis_cap=None, horizon=8))
     after = trainer.batch_logprobs(batch)
     gain = [sum(a) - sum(b) for a, b in zip(after, before)]
     assert gain[0] > 0 and gain[3] > 0 and gain[1] < 0 and gain[2] < 0
@@ -84,15 +84,33 @@ def test_multiple_updates_use_a_fixed_old_policy_and_clip(tiny_model_dir):
     assert metrics["clip_fraction"] > 0  # later updates move away from the old policy and hit the clip
 
 
-def test_zero_advantages_and_masked_rows_leave_weights_unchanged(tiny_model_dir):
-    trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32"))
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    trainer.train_grpo(_batch([0.0] * 4), GRPOSettings())
-    batch = _batch([1.0, -1.0, -1.0, 1.0])
-    batch.loss_mask = [False] * 4
-    assert trainer.train_grpo(batch, GRPOSettings())["rows_trained"] == 0
-    for k, v in trainer.model.state_dict().items():
-        assert torch.equal(before[k], v), k
+@pytest.mark.parametrize("optim", [dict(lr=1e-2), dict(lr=1e-2, weight_decay=0.1)], ids=["moments", "decay"])
+def test_batches_without_signal_take_the_zero_gradient_step(tiny_model_dir, optim):
+    # A batch with no signal (every advantage 0, or every row masked out) takes exactly the optimizer step a
+    # zero gradient takes, whether its rows are trained (skip off) or skipped. The trainer's own AdamW, after
+    # a first step with signal: its moments (and weight decay) then move the weights on a zero gradient, so
+    # "the zero-gradient step" differs from "no step". (Adam's very first step on a zero gradient moves
+    # nothing, which would make any of these cases look right.)
+    states = {}
+    for case in ("trained", "skipped", "masked"):
+        trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32", optim=OptimSettings(**optim)))
+        settings = GRPOSettings(micro_batch_size=2, tis_cap=None, skip_zero_advantage=case != "trained")
+        assert trainer.train_grpo(_batch([1.0, -1.0, -1.0, 1.0]), settings)["rows_trained"] == 4
+        middle = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        if case == "masked":
+            batch = _batch([1.0, -1.0, -1.0, 1.0])
+            batch.loss_mask = [False] * 4
+        else:
+            batch = _batch([0.0] * 4)
+        metrics = trainer.train_grpo(batch, settings)
+        assert metrics["rows_trained"] == (4 if case == "trained" else 0), case
+        assert trainer.optimizer_steps == 2 and trainer.scheduler.last_epoch == 2, case  # the schedule too
+        states[case] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        moved = max(float((states[case][k] - middle[k]).abs().max()) for k in middle)
+        assert moved > 1e-4, (case, moved)  # the comparison below is not between unmoved weights
+    for case in ("skipped", "masked"):
+        for k in states["trained"]:
+            assert torch.equal(states[case][k], states["trained"][k]), (case, k)
 
 
 @pytest.mark.parametrize("updates", [dict(), dict(mini_batches=2, epochs=2)])
@@ -194,7 +212,7 @@ def test_shared_prefix_forward_equals_the_padded_one_in_values_and_gradients(tin
     grads, values = [], []
     for shared in (True, False):
         trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32", shared_prefix=shared))
-        logp, entropy, mask = trainer._forward(prompts, responses, width=6, temperature=0.8, with_entropy="grad")
+        logp, entropy, mask = trainer._forward(prompts, responses, temperature=0.8, with_entropy="grad")
         (logp.sum() + entropy.mul(mask).sum()).backward()
         values.append((logp.detach(), (entropy * mask).detach()))
         grads.append({n: p.grad.clone() for n, p in trainer.model.named_parameters()})

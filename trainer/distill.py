@@ -112,7 +112,7 @@ class DistillTrainer(PolicyTrainer):
             for key, value in (("loss", loss), ("ce", ce), ("kl", kl)):
                 sums[key] += float(value.detach())
             del teacher_logits, student_logits  # [rows, len, vocab] each: free them before the next micro-batch
-        grad_norm = self._optimizer_step()
+        grad_norm = float(self._optimizer_step())
         out = {k: v / max(total_tokens, 1) for k, v in sums.items()}
         out.update(grad_norm=grad_norm, tokens=float(total_tokens), lr=self.scheduler.get_last_lr()[0],
                    train_seconds=time.perf_counter() - started)
@@ -153,7 +153,7 @@ class DistillTrainer(PolicyTrainer):
                     lp, _ = token_logprobs(logits.detach(), rows.response_ids, 1.0, False)
                     sums[key] += float(torch.where(mask, lp, 0.0).sum())
             del teacher_logits, student_logits
-        grad_norm = self._optimizer_step()
+        grad_norm = float(self._optimizer_step())
         out = {k: v / max(total_tokens, 1) for k, v in sums.items()}
         out.update(loss=out["reverse_kl"], grad_norm=grad_norm, tokens=float(total_tokens),
                    lr=self.scheduler.get_last_lr()[0], train_seconds=time.perf_counter() - started)

@@ -62,17 +62,17 @@ class Policy:
     def is_lora(self) -> bool:
         return self.settings.lora is not None and hasattr(self.model, "disable_adapter")
 
-    def _rows(self, prompts, responses, width=None) -> PaddedRows:
-        rows = pad_rows(prompts, responses, pad_id=self.pad_id, response_width=width)
+    def _rows(self, prompts, responses) -> PaddedRows:
+        rows = pad_rows(prompts, responses, pad_id=self.pad_id)
         return PaddedRows(*(t.to(self.device) for t in (rows.input_ids, rows.attention_mask, rows.position_ids,
                                                          rows.response_ids, rows.response_mask)))
 
-    def _forward(self, prompts, responses, *, width=None, temperature=1.0, with_entropy=False):
-        """``(logp, entropy, mask)`` of the responses; rows sharing a prompt share its forward pass."""
+    def _forward(self, prompts, responses, *, temperature=1.0, with_entropy=False):
+        """``(logp, entropy, mask)`` ``[rows, longest response]``; rows sharing a prompt share its forward pass."""
         if self.settings.shared_prefix and len({tuple(p) for p in prompts}) < len(prompts):
-            return shared_prefix_logprobs(self.model, prompts, responses, pad_id=self.pad_id, response_width=width,
+            return shared_prefix_logprobs(self.model, prompts, responses, pad_id=self.pad_id,
                                           temperature=temperature, with_entropy=with_entropy)
-        rows = self._rows(prompts, responses, width)
+        rows = self._rows(prompts, responses)
         logp, entropy = response_logprobs(self.model, rows, temperature=temperature, with_entropy=with_entropy)
         return logp, entropy, rows.response_mask
 
