@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 TINY = ["data.tasks=[{name: arithmetic, n_train: 40, n_test: 4, difficulty: 2}]", "rl.prompts_per_step=2",
         "rl.group_size=4", "rollout.max_new_tokens=24", "rollout.kv_cache_gb=0.5", "rollout.max_num_seqs=16",
         "eval.n_samples=1", "eval.k=[1]", "rl.eval_every=0", "rl.eval_at_ends=true", "rl.save_every=1", "rl.keep_checkpoints=2",
-        "trainer.micro_batch_size=4"]
+        "trainer.micro_batch_size=4", "rollout.dtype=float32"]  # fp32 engine: the mismatch check below
 
 
 def _steps(path):
