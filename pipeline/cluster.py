@@ -33,9 +33,34 @@ def connect(cfg: RecipeConfig) -> dict[str, Any]:
     else:
         num_cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, _cpus_needed(cfg))
         log.info("starting a local Ray cluster (%s logical CPUs)", num_cpus)
+        to_terminal = cfg.logging.engine_logs == "terminal"
         ray.init(num_cpus=num_cpus, include_dashboard=cfg.cluster.dashboard, runtime_env={"env_vars": env},
-                 logging_level=logging.WARNING, log_to_driver=True)
+                 logging_level=logging.WARNING, log_to_driver=to_terminal)
+        if not to_terminal:
+            keep_actor_logs(cfg.run_dir() / "logs")
     return ray.cluster_resources()
+
+
+def keep_actor_logs(folder) -> None:
+    """At exit, copy the local Ray session's worker output (vLLM, trainer, reward actors) into ``folder``:
+    the terminal shows progress bars and tables, the engines' chatter stays findable next to the run."""
+    import atexit
+    import shutil
+    from pathlib import Path
+
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())  # no public accessor for the session dir
+    folder = Path(folder)
+    log.info("actor logs (vLLM, Ray workers) go to %s (logging.engine_logs=terminal shows them here)", folder)
+
+    def copy() -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in logs.glob("worker-*"):
+            if path.suffix in (".out", ".err") and path.stat().st_size:
+                shutil.copyfile(path, folder / path.name)
+
+    atexit.register(copy)
 
 
 def _cpus_needed(cfg: RecipeConfig) -> int:

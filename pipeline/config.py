@@ -345,6 +345,9 @@ class LoggingConfig(_Strict):
     tensorboard: bool = True
     wandb: bool = False
     wandb_project: str = "r1-recipe"
+    engine_logs: Literal["file", "terminal"] = Field(
+        "file", description="where the actors' output (vLLM, Ray workers) goes: file = runs/<name>/logs/ (the "
+        "terminal keeps the progress bars and tables), terminal = mixed into this terminal as well")
 
 
 class RecipeConfig(_Strict):

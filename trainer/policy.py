@@ -249,7 +249,7 @@ class PolicyTrainer(Policy):
                 rollout_logp=take(data.rollout_lp),
                 rollout_valid=data.rollout_valid[idx] if data.rollout_valid is not None else None,
                 tis_cap=s.tis_cap, ref_logp=take(data.ref_lp), kl_coef=s.kl_coef, kl_kind=s.kl_kind,
-                entropy=entropy, entropy_coef=s.entropy_coef)
+                entropy=entropy if s.entropy_coef else None, entropy_coef=s.entropy_coef)
             loss.backward()
             if not s.entropy_coef and entropy is not None:
                 # Logged, not trained: the micro-batch's own aggregate, not its share of the mini-batch.
