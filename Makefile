@@ -1,6 +1,6 @@
 # r1-recipe: everything installs from this repo's own files.
 #   make quickstart   set up, then run the whole recipe on the embedded CPU default (ends with the report:
-#                     runs/quickstart/report/report.md)
+#                     runs/quickstart/report/report.md); ARGS="run.seed=1" passes config overrides
 #   make test         set up, then run the whole test suite (what CI runs)
 #   make test-fast    the suite without the slow end-to-end tests
 PYTHON ?= python3
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml Makefile
 
 quickstart: setup
 	$(BIN)/r1 prepare-model -c $(CONFIG)
-	$(BIN)/r1 run -c $(CONFIG)
+	$(BIN)/r1 run -c $(CONFIG) $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q
