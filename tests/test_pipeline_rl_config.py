@@ -22,7 +22,7 @@ def test_rl_lr_is_the_reasoning_rl_rate_and_general_rl_keeps_the_trainer_rate():
     from pipeline.distill import student_rl_config
     from pipeline.rl import general_rl_config
 
-    cfg = load_config("configs/quickstart.yaml", ["rl.lr=3e-5", "trainer.optim.lr=1e-5"])
+    cfg = load_config("configs/quickstart.yaml", ["rl.lr=3e-5", "trainer.optim.lr=1e-5", "general_rl.lr=null"])
     assert rl_trainer_settings(cfg).optim.lr == 3e-5
     assert rl_trainer_settings(student_rl_config(cfg)).optim.lr == 3e-5  # the RL-only student: reasoning RL's knobs
     assert rl_trainer_settings(general_rl_config(cfg)).optim.lr == 1e-5
