@@ -81,8 +81,9 @@ class RewardWorker:
         return list(self.pool.map(self._score_one, completions, samples))
 
 
-# The allocators an actor can preload, by the file their Debian/RPM packages install.
-ALLOCATOR_LIBRARIES = {"tcmalloc": "libtcmalloc_minimal.so.4", "jemalloc": "libjemalloc.so.2"}
+# The allocators an actor can preload: the file their Debian/RPM packages install, and the Debian package.
+ALLOCATOR_LIBRARIES = {"tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc-minimal4"),
+                       "jemalloc": ("libjemalloc.so.2", "libjemalloc2")}
 _LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
                  "/usr/local/lib")
 
@@ -92,18 +93,16 @@ def allocator_library(name: str) -> str | None:
     none). An explicit allocator that is not installed is an error naming the package that brings it."""
     if name == "system":
         return None
-    wanted = ["tcmalloc"] if name == "auto" else [name]
     if name not in ("auto", *ALLOCATOR_LIBRARIES):
         raise ValueError(f"cluster.allocator={name!r}: expected 'auto', 'system' or one of {sorted(ALLOCATOR_LIBRARIES)}")
-    for candidate in wanted:
-        for folder in _LIBRARY_DIRS:
-            path = os.path.join(folder, ALLOCATOR_LIBRARIES[candidate])
-            if os.path.exists(path):
-                return path
+    filename, package = ALLOCATOR_LIBRARIES["tcmalloc" if name == "auto" else name]
+    for folder in _LIBRARY_DIRS:
+        path = os.path.join(folder, filename)
+        if os.path.exists(path):
+            return path
     if name == "auto":
         return None
-    package = {"tcmalloc": "libtcmalloc-minimal4", "jemalloc": "libjemalloc2"}[name]
-    raise ValueError(f"cluster.allocator={name!r}: {ALLOCATOR_LIBRARIES[name]} not found (apt-get install {package})")
+    raise ValueError(f"cluster.allocator={name!r}: {filename} not found (apt-get install {package})")
 
 
 def worker_env(threads: int | None, allocator: str = "system") -> dict[str, str]:
