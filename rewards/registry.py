@@ -43,7 +43,7 @@ _REGISTRY: dict[str, RewardFn] = {
 
 def reward_model_score(completion: str, sample: Mapping[str, Any], *, model: str | None = None,
                        scale: float = 1.0, offset: float = 0.0, squash: bool = True,
-                       system_prompt: str | None = None) -> Reward:
+                       system_prompt: str | None = None, precision: str = "fp32") -> Reward:
     """A trained reward model's score of the completion (see :func:`rewards.reward_model.reward_model_reward`).
 
     ``model`` is the reward model's HF dir; `r1 general-rl` fills it with the reward_model stage's output.
@@ -51,10 +51,12 @@ def reward_model_score(completion: str, sample: Mapping[str, Any], *, model: str
     """
     if not model:
         return Reward(0.0, "no_reward_model")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"reward_model: precision={precision!r}: expected 'fp32' or 'bf16'")
     from rewards.reward_model import reward_model_reward
 
     return reward_model_reward(completion, sample, model=model, scale=scale, offset=offset, squash=squash,
-                               system_prompt=system_prompt)
+                               system_prompt=system_prompt, precision=precision)
 
 
 _REGISTRY["reward_model"] = reward_model_score

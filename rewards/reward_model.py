@@ -87,13 +87,15 @@ _SCORERS: dict[str, RewardModelScorer | None] = {}
 _SCORERS_LOCK = threading.Lock()
 
 
-def get_scorer(model: str) -> RewardModelScorer | None:
-    """The process's scorer for ``model`` (loaded on first use), or None if it cannot be loaded."""
-    key = str(Path(model).expanduser().resolve())
+def get_scorer(model: str, precision: str = "fp32") -> RewardModelScorer | None:
+    """The process's scorer for ``model`` at ``precision`` (loaded on first use), or None if it cannot be
+    loaded."""
+    path = str(Path(model).expanduser().resolve())
+    key = f"{path}@{precision}"
     with _SCORERS_LOCK:
         if key not in _SCORERS:
             try:
-                _SCORERS[key] = RewardModelScorer(key)
+                _SCORERS[key] = RewardModelScorer(path, precision=precision)
             except Exception as error:  # missing dir, not a reward model, corrupt weights...: same answer
                 logger.error("reward model %s could not be loaded, its reward is 0 (model_unavailable): %s: %s",
                              model, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
@@ -123,7 +125,8 @@ def prompt_messages_of(sample: Mapping[str, Any], system_prompt: str | None = No
 
 
 def reward_model_reward(completion: str, sample: Mapping[str, Any], *, model: str, scale: float = 1.0,
-                        offset: float = 0.0, squash: bool = True, system_prompt: str | None = None) -> Reward:
+                        offset: float = 0.0, squash: bool = True, system_prompt: str | None = None,
+                        precision: str = "fp32") -> Reward:
     """The reward model's score of ``completion`` for ``sample["prompt"]``.
 
     ``sigmoid((raw - offset) * scale)`` in (0, 1) with ``squash`` (default), else the raw score. ``offset``
@@ -137,7 +140,7 @@ def reward_model_reward(completion: str, sample: Mapping[str, Any], *, model: st
     messages = prompt_messages_of(sample, system_prompt)
     if messages is None:
         return Reward(0.0, "missing_prompt")
-    scorer = get_scorer(model)
+    scorer = get_scorer(model, precision)
     if scorer is None:
         return Reward(0.0, "model_unavailable")
     raw = scorer.score(messages, completion)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import statistics
 import time
 from collections import Counter
@@ -87,11 +86,12 @@ def score_groups(actors, samples: Sequence[Mapping], generations: Sequence[Gener
         for comp in gen.completions:
             texts.append(comp.text)
             rows.append({**sample, "completion_tokens": len(comp.token_ids)})
-    workers = actors.rewards
-    size = max(1, math.ceil(len(texts) / len(workers)))
-    futures = [w.score.remote(texts[i:i + size], rows[i:i + size])
-               for w, i in zip(workers, range(0, len(texts), size))]
-    return [r for chunk in ray.get(futures) for r in chunk]
+    # Worker k scores completions k, k + n, k + 2n, ...: a group's costly rows (a reward model's prompts,
+    # long code) spread over every worker instead of landing on one contiguous chunk's worker.
+    workers = actors.rewards[:len(texts)] or actors.rewards
+    n = len(workers)
+    chunks = ray.get([w.score.remote(texts[k::n], rows[k::n]) for k, w in enumerate(workers)])
+    return [chunks[i % n][i // n] for i in range(len(texts))]
 
 
 def collect_rollouts(actors, stream: PromptStream, plan: RLPlan, step: int) -> tuple[list, list, list, dict]:
