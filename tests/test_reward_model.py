@@ -189,6 +189,30 @@ def test_save_pretrained_and_scorer_round_trip(trained, tmp_path):
     clear_scorers()
 
 
+def test_reward_model_reward_in_bf16_keeps_the_ranking_and_its_own_scorer(trained, tmp_path):
+    trainer, _, _, _ = trained
+    out = tmp_path / "rm"
+    trainer.save_pretrained(out)
+    clear_scorers()
+    sample = {"prompt": "What is 3 plus 3?"}
+    good, bad = "Sure, thanks for asking: it is 6.", "No. Figure it out yourself, 3!"
+    fp32 = reward_model_reward(good, sample, model=str(out), squash=False)
+    bf16 = reward_model_reward(good, sample, model=str(out), squash=False, precision="bf16")
+    assert bf16.reason == "ok" and float(bf16) == pytest.approx(float(fp32), abs=0.25)
+    assert float(bf16) != float(fp32)  # a scorer of its own (autocast), not the fp32 one from the cache
+    assert reward_model_reward(bad, sample, model=str(out), precision="bf16") < \
+        reward_model_reward(good, sample, model=str(out), precision="bf16")
+    clear_scorers()
+
+
+def test_reward_model_precision_is_checked_by_name():
+    from rewards import weighted_sum
+
+    score = weighted_sum([{"name": "reward_model", "options": {"model": "/nowhere", "precision": "fp8"}}])
+    total, parts = score("Hello.", {"prompt": "Hi"})
+    assert total == 0.0 and parts["reward_model"].reason == "error:ValueError"
+
+
 def test_reward_model_reward_is_unavailable_for_a_bad_dir(tmp_path, tiny_model_dir, caplog):
     clear_scorers()
     missing = reward_model_reward("Hello.", {"prompt": "Hi"}, model=str(tmp_path / "nope"))

@@ -11,7 +11,8 @@ from pipeline.actors import RewardWorker
 from pipeline.tracking import MetricsLogger, read_metrics
 from rollout.types import Completion, Generation, SamplingSpec
 from stages.prompt_stream import PromptStream
-from stages.reasoning_rl import RLPlan, build_batch, collect_rollouts, latest_checkpoint, reward_metrics
+from stages.reasoning_rl import (RLPlan, build_batch, collect_rollouts, latest_checkpoint, reward_metrics,
+                                 score_groups)
 from trainer.settings import GRPOSettings
 
 GOOD = "<think>2+2=4</think><answer>4</answer>"
@@ -120,6 +121,43 @@ def test_batch_advantages_overlong_filter_and_metrics(ray_local):
     assert m["accuracy"] == 0.75 and m["format_rate"] == 1.0 and m["truncated_fraction"] == 0.25
     assert m["reward/correctness/mean"] == 0.75 and m["reasons/correctness/wrong"] == 0.25
     assert m["advantage/zero_fraction"] == 0.5
+
+
+class EchoWorker:
+    """A reward worker that scores a completion by the number it spells, and remembers what it was sent."""
+
+    def __init__(self):
+        self.sent = []
+
+    def score(self, texts, rows):
+        self.sent.append(list(texts))
+        return [(float(t), {"echo": (float(t), "ok")}) for t in texts]
+
+    def received(self):
+        return self.sent
+
+
+def _numbered_groups(*sizes):
+    start, gens = 0, []
+    for size in sizes:
+        gens.append(Generation(prompt_ids=[0], completions=[
+            Completion(text=str(i), token_ids=[1], logprobs=None, finish_reason="stop")
+            for i in range(start, start + size)]))
+        start += size
+    return gens
+
+
+def test_score_groups_spreads_completions_round_robin_and_keeps_their_order(ray_local):
+    # Contiguous chunks gave one worker every costly row of a group (a reward model's instruction prompts);
+    # worker k now gets completions k, k + n, ... and the scores still come back in prompt-major order.
+    workers = [ray.remote(EchoWorker).remote() for _ in range(3)]
+    scores = score_groups(Actors(None, workers), _samples(2), _numbered_groups(4, 3))
+    assert [total for total, _ in scores] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert [ray.get(w.received.remote()) for w in workers] == [[["0", "3", "6"]], [["1", "4"]], [["2", "5"]]]
+    # Fewer completions than workers: only as many workers are asked.
+    few = [ray.remote(EchoWorker).remote() for _ in range(3)]
+    assert [t for t, _ in score_groups(Actors(None, few), _samples(1), _numbered_groups(2))] == [0.0, 1.0]
+    assert [ray.get(w.received.remote()) for w in few] == [[["0"]], [["1"]], []]
 
 
 def test_prompt_stream_resumes_at_its_position():
