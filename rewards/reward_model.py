@@ -25,8 +25,10 @@ Messages = Sequence[Mapping[str, str]]
 class RewardModelScorer:
     """A reward model held for scoring: CPU (or the GPU if there is one), eval mode, no grad, thread-safe.
 
-    ``precision``: ``"fp32"`` (default) or ``"bf16"`` (autocast; faster on CPUs with AVX-512 BF16, scores
-    differ in the 3rd significant digit). ``max_length``: conversations longer than this many tokens keep
+    ``precision``: ``"fp32"`` (default) or ``"bf16"``: weights held in bf16 and autocast, half the memory
+    of fp32 per process that holds the model (each reward worker does) and faster on CPUs with AVX-512
+    BF16; on the quickstart's reward model its scores agree with fp32 to ~0.2 on a spread of ~1.1 and
+    rank 98% of pairs the same way. ``max_length``: conversations longer than this many tokens keep
     their last ``max_length`` tokens (None: no limit). Raises ``ValueError`` when the dir is not a
     one-label sequence classifier (a plain causal LM would get a random score head).
     """
@@ -53,6 +55,8 @@ class RewardModelScorer:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.model = load_sequence_classifier(self.model_dir, self.tokenizer).to(self.device)
+        if precision == "bf16":
+            self.model.to(torch.bfloat16)
         self.model.eval()
         self.model.requires_grad_(False)
         self._lock = threading.Lock()
