@@ -302,7 +302,7 @@ class GeneralRLConfig(RLConfig):
     general_tasks: list[TaskMix] = Field(default_factory=lambda: [TaskMix(name="instruction", n_train=500, n_test=32)])
     rewards: list[RewardItem] = Field(default_factory=lambda: [
         RewardItem(name="format", weight=0.5), RewardItem(name="correctness", weight=1.0),
-        # bf16: how `r1 reward-model` trains it, and ~1.9x faster to score on CPUs with AVX-512 BF16
+        # bf16: how `r1 reward-model` trains it; 1.4x less time per completion than fp32 on a CPU with AVX-512 BF16
         RewardItem(name="reward_model", weight=0.5, tasks=["instruction"], options={"precision": "bf16"})])
 
 
