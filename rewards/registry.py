@@ -51,8 +51,6 @@ def reward_model_score(completion: str, sample: Mapping[str, Any], *, model: str
     """
     if not model:
         return Reward(0.0, "no_reward_model")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"reward_model: precision={precision!r}: expected 'fp32' or 'bf16'")
     from rewards.reward_model import reward_model_reward
 
     return reward_model_reward(completion, sample, model=model, scale=scale, offset=offset, squash=squash,

@@ -140,6 +140,8 @@ def reward_model_reward(completion: str, sample: Mapping[str, Any], *, model: st
     Reasons: ``ok``; ``empty_completion`` (0.0); ``missing_prompt`` (0.0); ``model_unavailable`` (0.0: the
     dir does not load; logged once per process, never raised); ``non_finite_score`` (0.0).
     """
+    if precision not in ("fp32", "bf16"):  # a config typo is named, not hidden as model_unavailable
+        raise ValueError(f"reward_model: precision={precision!r}: expected 'fp32' or 'bf16'")
     if not completion or not completion.strip():
         return Reward(0.0, "empty_completion")
     messages = prompt_messages_of(sample, system_prompt)

@@ -199,7 +199,7 @@ def test_reward_model_reward_in_bf16_keeps_the_ranking_and_its_own_scorer(traine
     fp32 = reward_model_reward(good, sample, model=str(out), squash=False)
     bf16 = reward_model_reward(good, sample, model=str(out), squash=False, precision="bf16")
     assert bf16.reason == "ok" and float(bf16) == pytest.approx(float(fp32), abs=0.25)
-    assert float(bf16) != float(fp32)  # a scorer of its own (autocast), not the fp32 one from the cache
+    assert float(bf16) != float(fp32)  # a scorer of its own (bf16 weights), not the fp32 one from the cache
     assert reward_model_reward(bad, sample, model=str(out), precision="bf16") < \
         reward_model_reward(good, sample, model=str(out), precision="bf16")
     clear_scorers()
@@ -211,6 +211,8 @@ def test_reward_model_precision_is_checked_by_name():
     score = weighted_sum([{"name": "reward_model", "options": {"model": "/nowhere", "precision": "fp8"}}])
     total, parts = score("Hello.", {"prompt": "Hi"})
     assert total == 0.0 and parts["reward_model"].reason == "error:ValueError"
+    with pytest.raises(ValueError, match="precision='fp8'"):
+        reward_model_reward("Hello.", {"prompt": "Hi"}, model="/nowhere", precision="fp8")
 
 
 def test_reward_model_reward_is_unavailable_for_a_bad_dir(tmp_path, tiny_model_dir, caplog):
