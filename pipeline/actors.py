@@ -68,6 +68,9 @@ class RewardWorker:
         self.score_fn = weighted_sum(specs)
         # Threads: our rewards wait on helper processes (math-verify, the code sandbox), not on the GIL.
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="reward")
+        # A reward model's forward passes (one at a time: its scorer holds a lock) run while generation and
+        # training wait for the scores, so they may use every core, not Ray's default of one thread.
+        _set_threads(threads)
 
     def ready(self) -> bool:
         return True

@@ -10,6 +10,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+# The stages of `r1 run` that produce a model, hence a held-out eval (pipeline.recipe.STAGES, in order).
+EVALUATED_STAGES = ("base", "cold_start", "reasoning_rl", "sft", "general_rl", "distill", "student_rl")
+
 R1_SYSTEM_PROMPT = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
     "The assistant first thinks about the reasoning process in the mind and then provides the user with the "
@@ -122,6 +125,18 @@ class EvalConfig(_Strict):
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int | None = Field(None, ge=1, description="default: rollout.max_new_tokens")
     limit_per_task: int | None = Field(None, ge=1)
+    general_stages: list[str] | None = Field(
+        None, description="stages of `r1 run` whose held-out eval also covers general_rl.general_tasks (null: "
+        "every stage); the others are evaluated on the reasoning tasks only")
+
+    @field_validator("general_stages")
+    @classmethod
+    def _known_stages(cls, stages: list[str] | None) -> list[str] | None:
+        unknown = [s for s in stages or () if s not in EVALUATED_STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {', '.join(map(repr, unknown))}; stages with a model to "
+                             f"evaluate: {', '.join(EVALUATED_STAGES)}")
+        return stages
 
     @field_validator("k")
     @classmethod

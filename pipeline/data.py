@@ -54,9 +54,12 @@ def general_splits(cfg: RecipeConfig) -> tuple[list[dict], list[dict]]:
     return train, test
 
 
-def recipe_test_split(cfg: RecipeConfig) -> list[dict]:
-    """The held-out samples every stage of `r1 run` is evaluated on: reasoning and general tasks alike."""
-    return build_splits(cfg)[1] + general_splits(cfg)[1]
+def recipe_test_split(cfg: RecipeConfig, stage: str | None = None) -> list[dict]:
+    """The held-out samples a stage of `r1 run` is evaluated on: the reasoning tasks, plus the general tasks
+    where ``eval.general_stages`` includes ``stage`` (or is null, or no stage is named)."""
+    general = cfg.eval.general_stages
+    with_general = general is None or stage is None or stage in general
+    return build_splits(cfg)[1] + (general_splits(cfg)[1] if with_general else [])
 
 
 def extract_answers(rows: list[dict], pattern: str, *, source: str) -> list[dict]:

@@ -232,7 +232,7 @@ def evaluate_stage(cfg: RecipeConfig, stage: str, model: str) -> dict:
     handle = start_rollout(cfg, model)  # an actor: on a cluster the eval runs where the GPUs are
     try:
         metrics, table = run_eval(cfg, model=model, out=str(cfg.run_dir() / stage / "eval"), label=stage,
-                                  samples=recipe_test_split(cfg), engine=RemoteEngine(handle))
+                                  samples=recipe_test_split(cfg, stage), engine=RemoteEngine(handle))
     finally:
         release_rollout(handle)
     print(f"\n[{stage}]\n{table}")

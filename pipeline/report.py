@@ -193,6 +193,18 @@ def plot_stage_curves(records: list[dict], out_png: Path) -> Path | None:
     return out_png
 
 
+def _eval_size(table: list[dict]) -> str:
+    """'N prompts', or, where stages were evaluated on different task sets (``eval.general_stages``), the
+    prompts of each set and the stages that saw it."""
+    sizes: dict[tuple[int, tuple[str, ...]], list[str]] = {}
+    for r in table:
+        sizes.setdefault((r["n_prompts"], tuple(sorted(r["per_task"]))), []).append(r["stage"])
+    if len(sizes) == 1:
+        return f"{table[0]['n_prompts']} prompts"
+    return "; ".join(f"{n} prompts ({', '.join(tasks)}) on {', '.join(stages)}"
+                     for (n, tasks), stages in sizes.items()) + ";"
+
+
 def _fmt(v, digits=3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
@@ -203,7 +215,7 @@ def render_markdown(run_dir: Path, records: list[dict], table: list[dict], image
     if table:
         tasks = sorted({t for r in table for t in r["per_task"]})
         n = table[0]
-        lines += [f"Held-out eval of every stage's model: {n['n_prompts']} prompts x {n['n_samples']} samples, "
+        lines += [f"Held-out eval of every stage's model: {_eval_size(table)} x {n['n_samples']} samples, "
                   "pass@1 with a 95% confidence interval over prompts.", "",
                   "| stage | pass@1 | 95% CI | format rate | " + " | ".join(f"{t} pass@1" for t in tasks)
                   + " | change vs | Δ pass@1 (paired 95% CI) | Δ format | targets "

@@ -204,3 +204,27 @@ def test_report_has_a_row_per_evaluated_stage_and_plots(tmp_path):
     assert (run / "report" / "stage_curves.png").stat().st_size > 1000
     with pytest.raises(FileNotFoundError, match="no stage folders"):
         write_report(tmp_path / "empty")
+
+
+def test_general_tasks_are_evaluated_only_on_the_stages_named(tmp_path):
+    from pipeline.config import EVALUATED_STAGES
+    from pipeline.data import recipe_test_split
+    from pipeline.report import _eval_size
+
+    quickstart = str(Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml")
+    cfg = load_config(quickstart, ["eval.general_stages=[sft,general_rl]"])
+    general = {t.name for t in cfg.general_rl.general_tasks}
+
+    def tasks_of(config, stage):
+        return {s["task"] for s in recipe_test_split(config, stage)}
+
+    assert general and tasks_of(cfg, "sft") >= general and tasks_of(cfg, "general_rl") >= general
+    assert tasks_of(cfg, "cold_start") == tasks_of(cfg, "sft") - general  # the same reasoning prompts
+    assert tasks_of(load_config(quickstart, ["eval.general_stages=null"]), "cold_start") >= general  # default
+    with pytest.raises(ValueError, match="general_stages.*'rejection_sample'"):
+        _cfg(tmp_path, "eval.general_stages=[rejection_sample]")
+    assert EVALUATED_STAGES == tuple(s.name for s in recipe.STAGES if s.has_model)
+    rows = [{"stage": "base", "n_prompts": 4, "per_task": {"arithmetic": 0}},
+            {"stage": "sft", "n_prompts": 6, "per_task": {"arithmetic": 0, "instruction": 0}}]
+    assert _eval_size(rows) == "4 prompts (arithmetic) on base; 6 prompts (arithmetic, instruction) on sft;"
+    assert _eval_size(rows[:1]) == "4 prompts"
