@@ -142,7 +142,7 @@ def plot_eval_bars(table: list[dict], out_png: Path) -> Path:
     ax.bar(x - 0.2, p1, 0.4, yerr=err, capsize=3, label="pass@1 (95% CI)")
     ax.bar(x + 0.2, [r["format_rate"] for r in table], 0.4, label="format rate")
     ax.set_xticks(x, stages, rotation=30, ha="right")
-    ax.set(ylim=(0, 1.05), title="held-out, all tasks")
+    ax.set(ylim=(0, 1.05), title="held-out, all tasks of its eval")
     ax.legend(loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     tasks = sorted({t for r in table for t in r["per_task"]})
