@@ -4,7 +4,7 @@
                                [key=value ...]
 
 In one run, on the same requests and the same token rows:
-1. **ours**: ``stages.reasoning_rl.rl_step``, end to end through the Ray actors the stage uses (vLLM
+1. **ours**: ``stages.grpo.rl_step``, end to end through the Ray actors the stage uses (vLLM
    rollout, reward workers, trainer, weight sync). The first step is a warm-up and is not timed.
 2. **bare generate**: the same prompts and sampling through a plain ``vllm.LLM.generate`` in this process,
    with the same engine settings (and a warm-up call).
@@ -46,9 +46,9 @@ def run_ours(cfg, model_dir: str, steps: int) -> tuple[list[dict], list, list]:
     """``steps`` RL steps (first untimed); returns their metrics, the batches trained and the requests sent."""
     import ray
 
-    import stages.reasoning_rl as rl
+    import stages.grpo as rl
     from pipeline.cluster import build_rl_actors
-    from pipeline.prompting import template_prefills_think
+    from tasks.prompting import template_prefills_think
     from pipeline.rl import build_plan
     from stages.prompt_stream import PromptStream
     from transformers import AutoTokenizer
@@ -58,7 +58,7 @@ def run_ours(cfg, model_dir: str, steps: int) -> tuple[list[dict], list, list]:
     plan = build_plan(cfg, tok, Path(tempfile.mkdtemp(prefix="r1-limit-")), prefilled_think=prefilled)
     actors = build_rl_actors(cfg, model_dir, prefilled_think=prefilled)
     batches, requests = [], []
-    build_batch = rl.build_batch
+    build_batch = rl.build_batch  # recorded where rl_step looks it up
 
     def recording_build_batch(gens, scores, plan_):
         batch = build_batch(gens, scores, plan_)

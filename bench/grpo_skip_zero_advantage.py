@@ -41,7 +41,7 @@ from trainer.settings import GRPOSettings, TrainerSettings  # noqa: E402
 def make_batch(tokenizer, groups: int, group_size: int, zero_groups: int, seed: int = 0) -> RolloutBatch:
     """Prompts rendered with the R1 system prompt; random responses; rewards all-equal in ``zero_groups``."""
     from pipeline.config import R1_SYSTEM_PROMPT
-    from pipeline.prompting import render_prompt_ids
+    from tasks.prompting import render_prompt_ids
     from tasks.arithmetic import generate_arithmetic
 
     rng = random.Random(seed)

@@ -54,7 +54,7 @@ def _batch(model_dir: str, prompts: int, group: int) -> dict:
 
     from pipeline.config import load_config
     from pipeline.data import build_splits
-    from pipeline.prompting import render_prompt_ids
+    from tasks.prompting import render_prompt_ids
     from tasks import make_demonstration
 
     cfg = load_config(ROOT / "configs" / "quickstart.yaml")

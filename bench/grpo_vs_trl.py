@@ -61,10 +61,10 @@ def run_ours(cfg, model: str, samples: list[dict], steps: int) -> dict:
     import ray
 
     from pipeline.cluster import build_rl_actors
-    from pipeline.prompting import template_prefills_think
+    from tasks.prompting import template_prefills_think
     from pipeline.rl import build_plan
     from stages.prompt_stream import PromptStream
-    from stages.reasoning_rl import rl_step
+    from stages.grpo import rl_step
     from trainer.model_io import resolve_model
     from transformers import AutoTokenizer
 

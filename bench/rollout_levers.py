@@ -73,7 +73,7 @@ def main() -> None:
     from pipeline.actors import allocator_library
     from pipeline.config import load_config
     from pipeline.data import build_splits
-    from pipeline.prompting import render_prompt_ids
+    from tasks.prompting import render_prompt_ids
 
     cfg = load_config(ROOT / "configs" / "quickstart.yaml")
     tok = AutoTokenizer.from_pretrained(args.model)

@@ -26,7 +26,7 @@ def _prompts(cfg, n_prompts: int):
     from transformers import AutoTokenizer
 
     from pipeline.data import build_splits
-    from pipeline.prompting import render_prompt_ids
+    from tasks.prompting import render_prompt_ids
     from trainer.model_io import resolve_model
 
     model_dir = resolve_model(cfg.model.name)

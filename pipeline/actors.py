@@ -84,6 +84,19 @@ class RewardWorker:
         return list(self.pool.map(self._score_one, completions, samples))
 
 
+class RemoteEngine:
+    """The engine interface (``generate``) over a rollout actor handle, so evaluation and sampling code runs
+    unchanged in the driver while the engine lives in its actor."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+
+    def generate(self, prompts, sampling, *, progress: bool = False):
+        import ray
+
+        return ray.get(self.handle.generate.remote(prompts, sampling, progress))
+
+
 # The allocators an actor can preload: the file their Debian/RPM packages install, and the Debian package.
 ALLOCATOR_LIBRARIES = {"tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc-minimal4"),
                        "jemalloc": ("libjemalloc.so.2", "libjemalloc2")}

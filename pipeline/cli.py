@@ -41,12 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output dir (default: runs/<name>/eval/<label>)")
     ev.add_argument("--label", default=None, help="name of this evaluation (default: the model dir's name)")
 
-    for command, (help_text, folder) in STAGE_COMMANDS.items():
-        stage = sub.add_parser(command, help=help_text)
-        _add_config_args(stage)
-        stage.add_argument("--out", help=f"output dir (default: runs/<name>/{folder})")
+    from .recipe import STAGE_NAMES, STAGES
 
-    from .recipe import STAGE_NAMES
+    for stage in STAGES:  # the recipe's own table: one subcommand per stage that has a help line
+        if stage.help:
+            p = sub.add_parser(stage.command, help=stage.help)
+            _add_config_args(p)
+            p.add_argument("--out", help=f"output dir (default: runs/<name>/{stage.name})")
 
     run = sub.add_parser("run", help="the whole recipe in order, with an eval after every stage; skips stages "
                                      "already complete for the same config and inputs, resumes interrupted ones")
@@ -61,19 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-STAGE_COMMANDS = {
-    "cold-start": ("stage 1: SFT on R1-format demonstrations, then a held-out eval", "cold_start"),
-    "reasoning-rl": ("stage 2: GRPO with rule rewards on Ray actors (resumes if interrupted)", "reasoning_rl"),
-    "rejection-sample": ("stage 3: sample the RL model, keep verified and clean completions, add non-reasoning "
-                         "data", "rejection_sample"),
-    "sft": ("stage 4: SFT of the base model on the rejection-sampled data", "sft"),
-    "reward-model": ("stage 5a: Bradley-Terry reward model on preference pairs", "reward_model"),
-    "general-rl": ("stage 5b: GRPO on reasoning + general prompts (rule rewards, reward model)", "general_rl"),
-    "distill": ("stage 6: SFT of a smaller student on the final model's verified samples", "distill"),
-    "student-rl": ("the same student trained by reasoning RL alone (the paper's comparison)", "student_rl"),
-}
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `r1` console script."""
     logging.basicConfig(level=os.environ.get("R1_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s",
@@ -83,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return _report(args)
         cfg = load_config(args.config, args.overrides)
-        return COMMANDS[args.command](cfg, args)
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](cfg, args)
+        return _stage(cfg, args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"r1: error: {exc}", file=sys.stderr)
         return 2
@@ -118,59 +108,12 @@ def _eval(cfg, args) -> int:
     return 0
 
 
-def _cold_start(cfg, args) -> int:
-    from .sft import run_cold_start
+def _stage(cfg, args) -> int:
+    """`r1 <stage>`: run one stage of the recipe's table; print where its result went."""
+    from .recipe import STAGES
 
-    summary = run_cold_start(cfg, out=args.out)
-    print(f"model: {summary['model']}")
-    return 0
-
-
-def _reasoning_rl(cfg, args) -> int:
-    from .rl import run_reasoning_rl
-
-    return _print_rl(run_reasoning_rl(cfg, out=args.out))
-
-
-def _general_rl(cfg, args) -> int:
-    from .rl import run_general_rl
-
-    return _print_rl(run_general_rl(cfg, out=args.out))
-
-
-def _student_rl(cfg, args) -> int:
-    from .distill import run_student_rl
-
-    return _print_rl(run_student_rl(cfg, out=args.out))
-
-
-def _rejection_sample(cfg, args) -> int:
-    from .rejection import run_rejection_sample
-
-    summary = run_rejection_sample(cfg, out=args.out)
-    print(f"data: {summary['data']} ({summary['rows']} rows, acceptance {summary['acceptance_rate']:.3f})")
-    return 0
-
-
-def _sft(cfg, args) -> int:
-    from .sft import run_sft_stage
-
-    print(f"model: {run_sft_stage(cfg, out=args.out)['model']}")
-    return 0
-
-
-def _reward_model(cfg, args) -> int:
-    from .reward_model import run_reward_model
-
-    summary = run_reward_model(cfg, out=args.out)
-    print(f"model: {summary['reward_model']} (held-out pair accuracy {summary['eval_accuracy']:.3f})")
-    return 0
-
-
-def _distill(cfg, args) -> int:
-    from .distill import run_distill
-
-    print(f"model: {run_distill(cfg, out=args.out)['model']}")
+    stage = next(s for s in STAGES if s.command == args.command)
+    _print_summary(stage.run(cfg, out=args.out))
     return 0
 
 
@@ -192,19 +135,21 @@ def _report(args) -> int:
     return 0
 
 
-def _print_rl(summary: dict) -> int:
-    print(f"model: {summary['model']}")
+def _print_summary(summary: dict) -> None:
+    if "reward_model" in summary:
+        print(f"model: {summary['reward_model']} (held-out pair accuracy {summary['eval_accuracy']:.3f})")
+    elif summary.get("model"):
+        print(f"model: {summary['model']}")
+    else:
+        print(f"data: {summary['data']} ({summary['rows']} rows, acceptance {summary['acceptance_rate']:.3f})")
     if summary.get("final_eval"):
         e = summary["final_eval"]
         print(f"held-out pass@1 {e['eval/pass@1']:.3f} [{e['eval/pass@1_ci_low']:.3f}, "
               f"{e['eval/pass@1_ci_high']:.3f}], format rate {e['eval/format_rate']:.3f}")
-    return 0
 
 
 COMMANDS = {"config": _config, "prepare-model": _prepare_model, "make-data": _make_data, "eval": _eval,
-            "cold-start": _cold_start, "reasoning-rl": _reasoning_rl, "rejection-sample": _rejection_sample,
-            "sft": _sft, "reward-model": _reward_model, "general-rl": _general_rl, "distill": _distill,
-            "student-rl": _student_rl, "run": _run}
+            "run": _run}  # and one per stage of the recipe's table (_stage)
 
 
 if __name__ == "__main__":

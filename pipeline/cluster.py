@@ -85,6 +85,13 @@ class RLActors:
     reference: Any = None
     reference_is_trainer: bool = False  # LoRA: the trainer scores with its adapters disabled
 
+    @property
+    def engine(self):
+        """The rollout actor as an engine (``generate``), for the held-out evals of the loop."""
+        from .actors import RemoteEngine
+
+        return RemoteEngine(self.rollout)
+
     def kill(self) -> None:
         import ray
 

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from .config import RecipeConfig, SFTConfig, validate
+from .manifests import stage_model
 
 log = logging.getLogger("r1.distill")
 
@@ -24,12 +25,14 @@ def student_init(cfg: RecipeConfig) -> str:
 
 def run_distill(cfg: RecipeConfig, *, out: str | None = None) -> dict:
     """Teacher samples (verified, filtered) -> SFT of the student on them."""
+    from stages.manifest import read_manifest
+
     from .rejection import verified_dataset
     from .sft import read_chat_examples, run_sft
 
     d = cfg.distill
     out_dir = Path(out) if out else cfg.run_dir() / "distill"
-    teacher = d.teacher or str(cfg.run_dir() / "general_rl" / "model")
+    teacher = d.teacher or stage_model(cfg, "general_rl") or str(cfg.run_dir() / "general_rl" / "model")
     student = student_init(cfg)
     data_dir = out_dir / "teacher_data"
     stats_file = data_dir / "stats.json"
@@ -47,8 +50,6 @@ def run_distill(cfg: RecipeConfig, *, out: str | None = None) -> dict:
         examples += extra
     sft = SFTConfig(epochs=d.epochs, batch_size=d.batch_size, lr=d.lr, max_length=cfg.sft.max_length,
                     save_every=cfg.sft.save_every, packing=cfg.sft.packing, eval=False)
-    from .recipe import read_manifest
-
     finished_sft = read_manifest(out_dir)  # written by the SFT loop when it finishes
     if d.on_policy_steps and finished_sft and finished_sft.get("complete"):
         summary = finished_sft  # a rerun after a crash in the on-policy part
@@ -72,13 +73,13 @@ def run_on_policy(cfg: RecipeConfig, *, student: str, teacher: str, out_dir: Pat
     from transformers import AutoTokenizer
 
     from rollout import SamplingSpec
-    from stages.on_policy_distill import OnPolicyPlan, train
+    from stages.on_policy_distill import OnPolicyPlan, on_policy_loop
     from trainer.distill import DistillTrainer
     from trainer.model_io import resolve_model
 
     from .cluster import release_rollout, start_rollout, start_trainer, trainer_settings
     from .data import build_splits
-    from .prompting import render_prompt_ids
+    from tasks.prompting import render_prompt_ids
     from .tracking import MetricsLogger
 
     d = cfg.distill
@@ -96,7 +97,7 @@ def run_on_policy(cfg: RecipeConfig, *, student: str, teacher: str, out_dir: Pat
     rollout = start_rollout(cfg, student)
     logger = MetricsLogger(out_dir, tensorboard=cfg.logging.tensorboard, run_name=f"{cfg.run.name}-on-policy")
     try:
-        summary = train(rollout, trainer, plan, logger)
+        summary = on_policy_loop(rollout, trainer, plan, logger)
     finally:
         logger.close()
         ray.kill(trainer)
@@ -118,6 +119,4 @@ def run_student_rl(cfg: RecipeConfig, *, out: str | None = None) -> dict:
     """The R1 paper's comparison: the same student trained by reasoning RL alone, no teacher."""
     from .rl import run_reasoning_rl
 
-    summary = run_reasoning_rl(student_rl_config(cfg), out=out or str(cfg.run_dir() / "student_rl"))
-    summary["stage"] = "student_rl"
-    return summary
+    return run_reasoning_rl(student_rl_config(cfg), out=out or str(cfg.run_dir() / "student_rl"), stage="student_rl")

@@ -40,7 +40,7 @@ def run_eval(cfg: RecipeConfig, *, model: str | None = None, data: str | None = 
     from trainer.model_io import resolve_model
 
     from .data import eval_samples
-    from .prompting import template_prefills_think
+    from tasks.prompting import template_prefills_think
 
     model_dir = resolve_model(model or cfg.model.name)
     label = label or Path(model_dir).name

@@ -75,7 +75,7 @@ def summarize_rl_run(stage_dir: str | Path) -> dict:
 
     paired = None
     if len(evals) >= 2:
-        from .metrics import paired_difference, per_prompt_rates
+        from stages.eval_stats import paired_difference, per_prompt_rates
 
         first, last = (stage_dir / "eval" / f"step_{r['step']:05d}" / "eval_samples.jsonl"
                        for r in (evals[0], evals[-1]))

@@ -15,8 +15,9 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
+
+from stages.manifest import read_manifest, write_manifest
 
 from .config import RecipeConfig
 
@@ -28,79 +29,57 @@ _ALWAYS = ("run.seed", "model", "data", "eval", "rollout", "rewards.prefilled_th
 
 @dataclass(frozen=True)
 class Stage:
+    """One row of the recipe: how `r1 run` and the stage's own `r1 <command>` run it."""
+
     name: str
-    run: Callable[[RecipeConfig], dict]
+    run: Callable[..., dict]  # run(cfg, out=None) -> the stage's summary (its manifest)
     sections: tuple[str, ...]  # dotted config parts the stage's result depends on
     inputs: tuple[str, ...] = ()  # stages whose outputs it reads
     has_model: bool = True  # produces a model to evaluate
+    help: str = ""  # the CLI's line; no help = no subcommand of its own (the base model's eval)
+    own_eval: str | None = None  # its config switch for an eval of its own, off under `r1 run` (which evaluates)
+
+    @property
+    def command(self) -> str:
+        return self.name.replace("_", "-")
 
 
-def _base(cfg: RecipeConfig) -> dict:
+def _base(cfg: RecipeConfig, out: str | None = None) -> dict:
     from trainer.model_io import resolve_model
 
     return {"stage": "base", "model": resolve_model(cfg.model.name)}
 
 
-def _cold_start(cfg):
-    from .sft import run_cold_start
+def _runner(module: str, function: str) -> Callable[..., dict]:
+    """``pipeline.<module>.<function>``, imported when the stage runs (the CLI starts without torch)."""
+    def run(cfg: RecipeConfig, out: str | None = None) -> dict:
+        import importlib
 
-    return run_cold_start(_no_inner_eval(cfg, "cold_start"))
-
-
-def _reasoning_rl(cfg):
-    from .rl import run_reasoning_rl
-
-    return run_reasoning_rl(_with(cfg, "rl.init_model", cfg.rl.init_model or _model_of(cfg, "cold_start")))
-
-
-def _rejection(cfg):
-    from .rejection import run_rejection_sample
-
-    return run_rejection_sample(cfg)
-
-
-def _sft(cfg):
-    from .sft import run_sft_stage
-
-    return run_sft_stage(_no_inner_eval(cfg, "sft"))
-
-
-def _reward_model(cfg):
-    from .reward_model import run_reward_model
-
-    return run_reward_model(cfg)
-
-
-def _general_rl(cfg):
-    from .rl import run_general_rl
-
-    return run_general_rl(_with(cfg, "general_rl.init_model", cfg.general_rl.init_model or _model_of(cfg, "sft")))
-
-
-def _distill(cfg):
-    from .distill import run_distill
-
-    return run_distill(cfg)
-
-
-def _student_rl(cfg):
-    from .distill import run_student_rl
-
-    return run_student_rl(cfg)
+        return getattr(importlib.import_module(f"pipeline.{module}"), function)(cfg, out=out)
+    return run
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("base", _base, ()),
-    Stage("cold_start", _cold_start, ("cold_start", "trainer")),
-    Stage("reasoning_rl", _reasoning_rl, ("rl", "rewards", "trainer"), ("cold_start",)),
-    Stage("rejection_sample", _rejection, ("rejection",), ("reasoning_rl",), has_model=False),
-    Stage("sft", _sft, ("sft", "trainer"), ("rejection_sample",)),
-    Stage("reward_model", _reward_model, ("reward_model", "trainer"), has_model=False),
-    Stage("general_rl", _general_rl, ("general_rl", "rewards", "trainer"), ("sft", "reward_model")),
-    Stage("distill", _distill, ("distill", "rejection", "sft.max_length", "sft.save_every", "sft.packing",
-                                "trainer"), ("general_rl", "rejection_sample")),
-    Stage("student_rl", _student_rl, ("rl", "rewards", "trainer", "distill.student", "distill.student_layers",
-                                      "distill.rl_only_steps")),
+    Stage("cold_start", _runner("sft", "run_cold_start"), ("cold_start", "trainer"), own_eval="cold_start.eval",
+          help="stage 1: SFT on R1-format demonstrations, then a held-out eval"),
+    Stage("reasoning_rl", _runner("rl", "run_reasoning_rl"), ("rl", "rewards", "trainer"), ("cold_start",),
+          help="stage 2: GRPO with rule rewards on Ray actors (resumes if interrupted)"),
+    Stage("rejection_sample", _runner("rejection", "run_rejection_sample"), ("rejection",), ("reasoning_rl",),
+          has_model=False, help="stage 3: sample the RL model, keep verified and clean completions, add "
+                                "non-reasoning data"),
+    Stage("sft", _runner("sft", "run_sft_stage"), ("sft", "trainer"), ("rejection_sample",), own_eval="sft.eval",
+          help="stage 4: SFT of the base model on the rejection-sampled data"),
+    Stage("reward_model", _runner("reward_model", "run_reward_model"), ("reward_model", "trainer"), has_model=False,
+          help="stage 5a: Bradley-Terry reward model on preference pairs"),
+    Stage("general_rl", _runner("rl", "run_general_rl"), ("general_rl", "rewards", "trainer"), ("sft", "reward_model"),
+          help="stage 5b: GRPO on reasoning + general prompts (rule rewards, reward model)"),
+    Stage("distill", _runner("distill", "run_distill"), ("distill", "rejection", "sft.max_length", "sft.save_every",
+                                                         "sft.packing", "trainer"), ("general_rl", "rejection_sample"),
+          help="stage 6: SFT of a smaller student on the final model's verified samples"),
+    Stage("student_rl", _runner("distill", "run_student_rl"), ("rl", "rewards", "trainer", "distill.student",
+                                                               "distill.student_layers", "distill.rl_only_steps"),
+          help="the same student trained by reasoning RL alone (the paper's comparison)"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -113,18 +92,13 @@ def _with(cfg: RecipeConfig, dotted: str, value) -> RecipeConfig:
     return validate(tree)
 
 
-def _no_inner_eval(cfg: RecipeConfig, section: str) -> RecipeConfig:
-    # The runner evaluates every stage on the recipe's whole held-out split; the stage's own eval would
-    # repeat it on a part of it.
-    return _with(cfg, f"{section}.eval", False)
-
-
-def _model_of(cfg: RecipeConfig, stage: str) -> str:
-    manifest = read_manifest(cfg.run_dir() / stage)
-    if not manifest or not manifest.get("model"):
-        raise FileNotFoundError(f"stage {stage}: no finished model under {cfg.run_dir() / stage}; run it first "
-                                f"(r1 run --from {stage})")
-    return manifest["model"]
+def _check_inputs(cfg: RecipeConfig, stage: Stage) -> None:
+    """A stage runs on its inputs' results: one that never finished is an error naming what to run."""
+    for name in stage.inputs:
+        manifest = read_manifest(cfg.run_dir() / name)
+        if not manifest or not manifest.get("complete"):
+            raise FileNotFoundError(f"stage {stage.name} reads stage {name}: no finished {name} under "
+                                    f"{cfg.run_dir() / name}; run it first (r1 run --from {name})")
 
 
 def _part(tree: dict, dotted: str):
@@ -140,20 +114,6 @@ def fingerprint(cfg: RecipeConfig, stage: Stage, upstream: dict[str, str]) -> st
     blob = {"stage": stage.name, "parts": {p: _part(tree, p) for p in (*_ALWAYS, *stage.sections)},
             "inputs": {name: upstream.get(name) for name in stage.inputs}}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def read_manifest(stage_dir: Path) -> dict | None:
-    path = Path(stage_dir) / "manifest.json"
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except json.JSONDecodeError:
-        return None  # torn by a kill: the stage is not complete
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
 
 
 def select_stages(start: str | None, until: str | None) -> list[Stage]:
@@ -205,16 +165,20 @@ def run_recipe(cfg: RecipeConfig, *, start: str | None = None, until: str | None
             stage_dir.mkdir(parents=True, exist_ok=True)
             marker.write_text(fp)
             log.info("stage %s: running", stage.name)
+            _check_inputs(cfg, stage)
             started = time.time()
+            # The runner evaluates every stage on the recipe's whole held-out split; the stage's own eval
+            # would repeat it on a part of it.
+            stage_cfg = _with(cfg, stage.own_eval, False) if stage.own_eval else cfg
             with PeakMemory() as mem:
-                summary = stage.run(cfg)
+                summary = stage.run(stage_cfg)
                 if stage.has_model and cfg.recipe.eval_each_stage:
                     summary["eval"] = evaluate_stage(cfg, stage.name, summary["model"])
             summary.update({"stage": stage.name, "fingerprint": fp, "complete": True,
                             "inputs": {n: fps.get(n) for n in stage.inputs},
                             "seconds": round(time.time() - started, 1),
                             "stage_peak_memory_gib": round(mem.peak_gib, 2)})
-            _write_json(stage_dir / "manifest.json", summary)
+            write_manifest(stage_dir, summary)
             results.append(summary)
             if on_stage is not None:
                 on_stage(stage.name, summary)
@@ -223,8 +187,9 @@ def run_recipe(cfg: RecipeConfig, *, start: str | None = None, until: str | None
 
 def evaluate_stage(cfg: RecipeConfig, stage: str, model: str) -> dict:
     """Held-out eval of a stage's model on the recipe's whole test split; returns the "all" row as a dict."""
-    from stages.reasoning_rl import RemoteEngine
+    from stages.evaluate import manifest_summary
 
+    from .actors import RemoteEngine
     from .cluster import release_rollout, start_rollout
     from .data import recipe_test_split
     from .evaluation import run_eval
@@ -236,6 +201,4 @@ def evaluate_stage(cfg: RecipeConfig, stage: str, model: str) -> dict:
     finally:
         release_rollout(handle)
     print(f"\n[{stage}]\n{table}")
-    row = metrics.get("all") or next(iter(metrics.values()))
-    return {"pass@1": row.pass_at.get(1), "pass@1_ci": list(row.pass1_ci), "format_rate": row.format_rate,
-            "per_task": {name: m.pass_at.get(1) for name, m in metrics.items() if name != "all"}}
+    return manifest_summary(metrics)

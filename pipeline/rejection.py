@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 from .config import RecipeConfig
+from .manifests import stage_model
 
 log = logging.getLogger("r1.rejection")
 
@@ -14,7 +15,7 @@ log = logging.getLogger("r1.rejection")
 def run_rejection_sample(cfg: RecipeConfig, *, model: str | None = None, out: str | None = None) -> dict:
     """Stage 3: sample ``rejection.init_model`` (default: the reasoning_rl stage's model) on train prompts."""
     r = cfg.rejection
-    model = model or r.init_model or str(cfg.run_dir() / "reasoning_rl" / "model")
+    model = model or r.init_model or stage_model(cfg, "reasoning_rl") or str(cfg.run_dir() / "reasoning_rl" / "model")
     out_dir = Path(out) if out else cfg.run_dir() / "rejection_sample"
     return verified_dataset(cfg, model, out_dir, prompts=r.prompts, n_samples=r.n_samples,
                             temperature=r.temperature, max_per_prompt=r.max_per_prompt,
@@ -40,14 +41,14 @@ def verified_dataset(cfg: RecipeConfig, model: str, out_dir: Path, *, prompts: i
     from transformers import AutoTokenizer
 
     from rollout import SamplingSpec
-    from stages.reasoning_rl import RemoteEngine
     from stages.rejection_sample import build_dataset, sample_candidates, write_dataset
     from tasks import make_demonstration
     from trainer.model_io import resolve_model
 
+    from .actors import RemoteEngine
     from .cluster import release_rollout, start_rollout
     from .data import build_splits, general_splits
-    from .prompting import template_prefills_think
+    from tasks.prompting import template_prefills_think
 
     model_dir = resolve_model(model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -9,7 +9,9 @@ import json
 import logging
 from pathlib import Path
 
-from .recipe import STAGE_NAMES, read_manifest
+from stages.manifest import read_manifest
+
+from .recipe import STAGE_NAMES
 
 log = logging.getLogger("r1.report")
 
@@ -118,7 +120,7 @@ def _scope_tasks(row: dict, scope: str, general: set[str]) -> set[str] | None:
 
 
 def _paired(before_dir: Path, after_dir: Path, key: str, tasks=None) -> dict | None:
-    from .metrics import paired_difference, per_prompt_rates
+    from stages.eval_stats import paired_difference, per_prompt_rates
 
     a, b = (Path(d) / "eval" / "eval_samples.jsonl" for d in (before_dir, after_dir))
     if not (a.is_file() and b.is_file()):

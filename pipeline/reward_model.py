@@ -6,7 +6,6 @@ saved as an HF sequence-classification dir that the ``reward_model`` reward load
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -45,6 +44,7 @@ def run_reward_model(cfg: RecipeConfig, *, out: str | None = None) -> dict:
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
+    from stages.manifest import write_manifest
     from trainer.model_io import resolve_model
     from trainer.reward_model import RewardModelSettings, RewardModelTrainer, tokenize_pair
 
@@ -95,7 +95,7 @@ def run_reward_model(cfg: RecipeConfig, *, out: str | None = None) -> dict:
                "steps": steps, "train_pairs": len(train_ids), "skipped_too_long": skipped,
                "eval_pairs": len(eval_ids), "eval_accuracy_before": before, "eval_accuracy": after,
                "complete": True, "config_hash": cfg.hash()}
-    (out_dir / "manifest.json").write_text(json.dumps(summary, indent=2))
+    write_manifest(out_dir, summary)
     log.info("reward model: held-out pair accuracy %.3f (before training %.3f, %d pairs)", after, before,
              len(eval_ids))
     return summary

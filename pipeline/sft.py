@@ -53,7 +53,7 @@ def run_sft(cfg: RecipeConfig, c: SFTConfig, examples: list[dict], *, out_dir: P
     import ray
     from transformers import AutoTokenizer
 
-    from stages.sft import SFTPlan, tokenize_examples, train
+    from stages.sft import SFTPlan, sft_loop, tokenize_examples
     from trainer.model_io import resolve_model
 
     from .cluster import start_trainer, trainer_settings
@@ -86,18 +86,18 @@ def run_sft(cfg: RecipeConfig, c: SFTConfig, examples: list[dict], *, out_dir: P
         trainer = start_trainer(cfg, model_dir, settings)
     logger = MetricsLogger(out_dir, tensorboard=cfg.logging.tensorboard, run_name=f"{cfg.run.name}-{stage}")
     try:
-        summary = train(trainer, plan, logger)
+        summary = sft_loop(trainer, plan, logger)
     finally:
         logger.close()
         ray.kill(trainer)
     if c.eval if evaluate is None else evaluate:
+        from stages.evaluate import manifest_summary
+
         from .evaluation import run_eval
 
         metrics, table = run_eval(cfg, model=summary["model"], out=str(out_dir / "eval"), label=stage)
         print(table)
-        row = metrics.get("all") or next(iter(metrics.values()))
-        summary["eval"] = {"pass@1": row.pass_at.get(1), "pass@1_ci": list(row.pass1_ci),
-                           "format_rate": row.format_rate}
+        summary["eval"] = manifest_summary(metrics)
     return summary
 
 

@@ -70,6 +70,10 @@ class MetricsLogger:
         self.path.write_text("".join(line + "\n" for line in kept))
         return dropped
 
+    def rows(self) -> list[dict]:
+        """The lines written so far (a loop reads them to see which evals a killed run finished)."""
+        return read_metrics(self.path) if self.path.exists() else []
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()

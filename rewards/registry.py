@@ -17,7 +17,7 @@ from typing import Any, Union
 from rewards.accuracy import accuracy_reward
 from rewards.base import Reward, reason_of
 from rewards.code import code_reward
-from rewards.correctness import correctness_reward
+from rewards.correctness import correctness_reward, set_verifier_lookup
 from rewards.countdown import countdown_reward
 from rewards.format import format_reward
 from rewards.instruction import instruction_reward
@@ -85,6 +85,9 @@ def register(name: str, *, override: bool = False) -> Callable[[RewardFn], Rewar
 def registered(name: str) -> RewardFn | None:
     """The function registered under ``name``, or None."""
     return _REGISTRY.get(name)
+
+
+set_verifier_lookup(registered)  # correctness finds non-built-in verifiers here, without importing this module
 
 
 def known_rewards() -> list[str]:

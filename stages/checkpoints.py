@@ -31,22 +31,27 @@ def latest_checkpoint(out_dir: Path) -> tuple[Path, dict] | None:
     return ckpt, json.loads(state_file.read_text())
 
 
-def resume_trainer(trainer, out_dir: Path, save_every: int, what: str) -> int:
-    """Load the newest checkpoint under ``out_dir`` into the trainer actor (when a loop saves any); returns
-    the step it holds, 0 for a fresh start."""
+def resume(trainer, out_dir: Path, logger, what: str, *, rollout=None) -> tuple[int, dict]:
+    """The one resume path of the SFT and RL loops: load the newest checkpoint under ``out_dir`` into the
+    trainer actor (and its weights into ``rollout``, when the loop generates), drop the metric lines after
+    its step; returns ``(step, state)``, ``(0, {})`` when there is none (the caller decides what a fresh
+    start keeps)."""
     import ray
 
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    resumed = latest_checkpoint(out_dir) if save_every else None
+    resumed = latest_checkpoint(out_dir)
     if resumed is None:
-        return 0
+        return 0, {}
     ckpt, state = resumed
     ray.get(trainer.load_checkpoint.remote(str(ckpt)))
-    log.info("resumed %s from %s (step %d)", what, ckpt, state["step"])
-    return state["step"]
+    if rollout is not None:  # the engine started from the stage's initial model; give it the resumed weights
+        ray.get(rollout.update_weights.remote(trainer.inference_state_dict.remote()))
+    dropped = logger.truncate_after(state["step"])
+    log.info("resumed %s from %s (step %d; %d later metric lines dropped)", what, ckpt, state["step"], dropped)
+    return state["step"], state
 
 
-def save_checkpoint(trainer, out_dir: Path, step: int, state: Mapping[str, Any], keep: int) -> Path:
+def save_step(trainer, out_dir: Path, step: int, state: Mapping[str, Any], keep: int) -> Path:
     """Save the trainer actor's state plus ``{"step": step, **state}``; keep the newest ``keep`` checkpoints."""
     import ray
 
@@ -76,6 +81,6 @@ def close_step(trainer, plan, logger, bar, step: int, metrics: Mapping[str, floa
     without its line."""
     logger.log(step, metrics)
     if plan.save_every and step % plan.save_every == 0 and step < plan.steps:
-        save_checkpoint(trainer, plan.out_dir, step, {}, plan.keep_checkpoints)
+        save_step(trainer, plan.out_dir, step, {}, plan.keep_checkpoints)
     bar.update(1)
     bar.set_postfix({shown: f"{metrics[shown]:.3f}"})

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pipeline.metrics import majority_correct, mean_ci95, pass_at_k
+from stages.eval_stats import majority_correct, mean_ci95, pass_at_k
 from rewards import correctness_reward, extract_answer_block, format_reward, reason_of
 from rollout.types import Generation, SamplingSpec
 
@@ -106,7 +106,7 @@ def evaluate(engine, tokenizer, samples: Sequence[Mapping], *, system_prompt: st
     """Generate ``sampling.n`` completions per sample, score them, and write ``eval.json`` + samples."""
     from tqdm.auto import tqdm
 
-    from pipeline.prompting import render_prompt_ids
+    from tasks.prompting import render_prompt_ids
 
     if not samples:
         raise ValueError("evaluate: no samples to evaluate (empty eval split?)")
@@ -122,6 +122,26 @@ def evaluate(engine, tokenizer, samples: Sequence[Mapping], *, system_prompt: st
     if out_dir is not None:
         _write(out_dir, metrics, scored, generations, gen_seconds, time.time() - started - gen_seconds)
     return metrics
+
+
+def headline(metrics: Mapping[str, TaskMetrics], prefix: str = "eval/") -> dict[str, float]:
+    """The flat metrics-line form of an eval: pass@1 with its 95% CI, format rate and prompts of the "all"
+    row, and pass@1 per task (``<prefix>pass@1``, ``<prefix><task>/pass@1``, ...)."""
+    row = metrics.get("all") or next(iter(metrics.values()))
+    flat = {f"{prefix}pass@1": row.pass_at.get(1, float("nan")), f"{prefix}pass@1_ci_low": row.pass1_ci[0],
+            f"{prefix}pass@1_ci_high": row.pass1_ci[1], f"{prefix}format_rate": row.format_rate,
+            f"{prefix}n_prompts": row.n_prompts}
+    for name, m in metrics.items():
+        if name != "all":
+            flat[f"{prefix}{name}/pass@1"] = m.pass_at.get(1, float("nan"))
+    return flat
+
+
+def manifest_summary(metrics: Mapping[str, TaskMetrics]) -> dict:
+    """The manifest form of a stage's eval: pass@1 and its CI, format rate, pass@1 per task."""
+    row = metrics.get("all") or next(iter(metrics.values()))
+    return {"pass@1": row.pass_at.get(1), "pass@1_ci": list(row.pass1_ci), "format_rate": row.format_rate,
+            "per_task": {name: m.pass_at.get(1) for name, m in metrics.items() if name != "all"}}
 
 
 def _write(out_dir: Path, metrics, scored, generations, gen_seconds: float, score_seconds: float) -> None:

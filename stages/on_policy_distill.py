@@ -30,20 +30,20 @@ class OnPolicyPlan:
     keep_checkpoints: int = 1
 
 
-def train(rollout, trainer, plan: OnPolicyPlan, logger) -> dict:
+def on_policy_loop(rollout, trainer, plan: OnPolicyPlan, logger) -> dict:
     """Run the on-policy steps through a rollout and a ``DistillTrainer`` actor; saves the student's model dir."""
     import ray
     from tqdm.auto import tqdm
 
-    from .checkpoints import close_step, resume_trainer
+    from .checkpoints import close_step, resume
     from .sft import batches
 
     if not plan.prompts:
         raise ValueError("on-policy distillation: no prompts")
-    start = resume_trainer(trainer, plan.out_dir, plan.save_every, "on-policy distillation")
-    if start:  # the rollout actor started from the SFT student; give it the resumed weights
-        ray.get(rollout.update_weights.remote(trainer.inference_state_dict.remote()))
-    logger.truncate_after(start if start else -1)
+    start, _ = (resume(trainer, plan.out_dir, logger, "on-policy distillation", rollout=rollout)
+                if plan.save_every else (0, {}))
+    if not start:
+        logger.truncate_after(-1)
     # The SFT loop's seeded epoch-by-epoch schedule: a resumed run sees the same prompts.
     schedule = batches(len(plan.prompts), plan.prompts_per_step, plan.steps, plan.seed)
     bar = tqdm(total=plan.steps, initial=start, desc="on-policy distill", unit="step")

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pipeline.prompting import chat_messages, render_prompt_ids
+from tasks.prompting import chat_messages, render_prompt_ids
 from rollout.types import SamplingSpec
 
 from .evaluate import score_generation

@@ -1,12 +1,11 @@
 """Supervised fine-tuning on chat examples (stage 1, cold start; later the SFT of stage 4), against a trainer handle.
 
 Loss on the assistant's tokens only; the chat template is applied once per example
-(:func:`pipeline.prompting.render_sft_pair`). Artifacts under ``out_dir``: ``metrics.jsonl``, ``model/``,
+(:func:`tasks.prompting.render_sft_pair`). Artifacts under ``out_dir``: ``metrics.jsonl``, ``model/``,
 ``checkpoints/`` (every ``save_every`` steps; a rerun resumes from the newest) and ``manifest.json``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -39,7 +38,7 @@ class SFTPlan:
 
 def tokenize_examples(tokenizer, examples: Sequence[dict], max_length: int) -> tuple[list, dict]:
     """Chat examples -> (prompt, target) id pairs; examples that are malformed or too long are counted, not fatal."""
-    from pipeline.prompting import render_sft_pair
+    from tasks.prompting import render_sft_pair
 
     pairs, skipped = [], {"too_long": 0, "malformed": 0}
     for i, ex in enumerate(examples):
@@ -71,17 +70,19 @@ def batches(n_examples: int, batch_size: int, steps: int, seed: int) -> list[lis
     return [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
 
 
-def train(trainer, plan: SFTPlan, logger) -> dict:
+def sft_loop(trainer, plan: SFTPlan, logger) -> dict:
     """Run SFT through a trainer actor handle; saves the model dir and a manifest."""
     import ray
     from tqdm.auto import tqdm
 
-    from .checkpoints import close_step, resume_trainer
+    from .checkpoints import close_step, resume
+    from .manifest import write_manifest
 
     if not plan.pairs:
         raise ValueError("SFT: no usable training examples")
-    start = resume_trainer(trainer, plan.out_dir, plan.save_every, "SFT")
-    logger.truncate_after(start if start else -1)
+    start, _ = resume(trainer, plan.out_dir, logger, "SFT") if plan.save_every else (0, {})
+    if not start:
+        logger.truncate_after(-1)
     schedule = batches(len(plan.pairs), plan.batch_size, plan.steps, plan.seed)
     bar = tqdm(total=plan.steps, initial=start, desc="SFT", unit="step")
     last = {}
@@ -100,5 +101,5 @@ def train(trainer, plan: SFTPlan, logger) -> dict:
     model_dir = ray.get(trainer.save_pretrained.remote(str(plan.out_dir / "model")))
     summary = {"steps": plan.steps, "examples": len(plan.pairs), "final_loss": last.get("loss"), "model": model_dir,
                "complete": True, **plan.extra_manifest}
-    (plan.out_dir / "manifest.json").write_text(json.dumps(summary, indent=2))
+    write_manifest(plan.out_dir, summary)
     return summary

@@ -6,7 +6,8 @@ import torch
 
 from pipeline.config import ConfigError, load_config
 from rollout.types import Completion, Generation, RolloutBatch, SamplingSpec
-from stages.reasoning_rl import RLPlan, build_batch
+from stages.grpo import RLPlan
+from stages.grpo_batch import build_batch
 from trainer import losses
 from trainer.policy import PolicyTrainer
 from trainer.settings import GRPOSettings, OptimSettings, TrainerSettings

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from pipeline.config import R1_SYSTEM_PROMPT
-from pipeline.prompting import render_prompt_ids
+from tasks.prompting import render_prompt_ids
 from rollout import SamplingSpec, build_engine
 from tests.helpers import teacher_forced_logprobs
 

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pipeline.actors import RolloutWorker
 from pipeline.tracking import MetricsLogger, read_metrics
 from rollout import SamplingSpec
-from stages.on_policy_distill import OnPolicyPlan, train
+from stages.on_policy_distill import OnPolicyPlan, on_policy_loop
 from trainer.distill import DistillTrainer
 from trainer.settings import OptimSettings, TrainerSettings
 
@@ -40,7 +40,7 @@ def _run(student, teacher, out_dir, steps, crash_after=None):
                         micro_batch_size=4, seed=0, out_dir=out_dir, save_every=2)
     logger = MetricsLogger(out_dir, tensorboard=False)
     try:
-        return train(rollout, trainer, plan, logger)
+        return on_policy_loop(rollout, trainer, plan, logger)
     finally:
         logger.close()
         ray.kill(trainer)
@@ -71,4 +71,4 @@ def test_no_prompts_is_a_clear_error(tiny_model_dir, teacher_dir, tmp_path, ray_
     plan = OnPolicyPlan(prompts=[], steps=1, prompts_per_step=1, sampling=SamplingSpec(), micro_batch_size=1,
                         seed=0, out_dir=tmp_path)
     with pytest.raises(ValueError, match="no prompts"):
-        train(None, None, plan, MetricsLogger(tmp_path, tensorboard=False))
+        on_policy_loop(None, None, plan, MetricsLogger(tmp_path, tensorboard=False))

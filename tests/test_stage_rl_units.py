@@ -11,8 +11,10 @@ from pipeline.actors import RewardWorker
 from pipeline.tracking import MetricsLogger, read_metrics
 from rollout.types import Completion, Generation, SamplingSpec
 from stages.prompt_stream import PromptStream
-from stages.reasoning_rl import (RLPlan, build_batch, collect_rollouts, latest_checkpoint, reward_metrics,
-                                 score_groups)
+from stages.checkpoints import latest_checkpoint
+from stages.grpo import RLPlan
+from stages.grpo_batch import build_batch, collect_rollouts, score_groups
+from stages.step_metrics import reward_metrics
 from trainer.settings import GRPOSettings
 
 GOOD = "<think>2+2=4</think><answer>4</answer>"
@@ -40,15 +42,6 @@ class ScriptedRollout:
         return self.calls
 
 
-class FakeTokenizer:
-    """Renders a sample to ids whose first id is the sample's index (what ScriptedRollout keys on)."""
-
-    chat_template = None
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [int(text.split("Q")[1].split(":")[0]), 1, 2]}
-
-
 class Actors:
     def __init__(self, rollout, rewards):
         self.rollout, self.rewards = rollout, rewards
@@ -66,13 +59,14 @@ def ray_local():
 
 
 def _plan(samples, **kw):
-    return RLPlan(train=samples, test=[], tokenizer=FakeTokenizer(), system_prompt=None, steps=1,
+    return RLPlan(train=samples, test=[], tokenizer=None, system_prompt=None, steps=1,
                   prompts_per_step=2, group_size=2, sampling=SamplingSpec(n=2), eval_sampling=SamplingSpec(n=1),
                   eval_ks=[1], grpo=GRPOSettings(), **kw)
 
 
 def _samples(n):
-    return [{"id": f"s{i}", "prompt": f"Q{i}: 2+2?", "answer": "4"} for i in range(n)]
+    # Rendered prompt ids (the pipeline's job) whose first id is the sample's index: what ScriptedRollout keys on.
+    return [{"id": f"s{i}", "prompt": f"Q{i}: 2+2?", "answer": "4", "prompt_ids": [i, 1, 2]} for i in range(n)]
 
 
 def _actors(script):

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.tracking import MetricsLogger, read_metrics
-from stages.sft import SFTPlan, train
+from stages.sft import SFTPlan, sft_loop
 from trainer.policy import PolicyTrainer
 from trainer.settings import OptimSettings, TrainerSettings
 
@@ -28,7 +28,7 @@ def _run(model_dir, out_dir, steps_done_before_kill=None):
     plan = SFTPlan(pairs=PAIRS, epochs=2.0, batch_size=4, micro_batch_size=4, seed=0, out_dir=out_dir, save_every=2)
     logger = MetricsLogger(out_dir, tensorboard=False)
     try:
-        return train(trainer, plan, logger)
+        return sft_loop(trainer, plan, logger)
     finally:
         logger.close()
         ray.kill(trainer)

@@ -13,11 +13,13 @@ DIRECTIONS = ("forward", "reverse")
 
 def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, *,
              direction: str = "forward", temperature: float = 1.0) -> torch.Tensor:
-    """Per-token KL between the teacher's and the student's softmax over the vocabulary, ``[B, T]``.
+    """Per-token KL between the teacher's and the student's softmax over the vocabulary.
 
-    ``student_logits`` and ``teacher_logits`` are ``[B, T, V]`` (any float dtype; the math runs in fp32),
-    ``mask`` is ``[B, T]`` (bool or 0/1): positions where it is false get exactly 0, whatever their logits
-    hold (padding may carry inf or nan), and pass no gradient.
+    Shapes: student_logits, teacher_logits [batch, response_len, vocab], mask [batch, response_len] ->
+    returns [batch, response_len] fp32.
+
+    Logits may be any float dtype (the math runs in fp32); ``mask`` is bool or 0/1: positions where it is
+    false get exactly 0, whatever their logits hold (padding may carry inf or nan), and pass no gradient.
 
     - ``direction="forward"``: KL(teacher || student) = sum_v p_t (log p_t - log p_s). Mass-covering: what
       SFT-style distillation on teacher-forced data minimises (Hinton et al.).
@@ -64,6 +66,8 @@ def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: t
 
 def masked_token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` over the positions where ``mask`` is true (every token weighs the same); 0 if none.
+
+    Shapes: values [batch, response_len], mask [batch, response_len] -> returns scalar (0-d tensor).
 
     Masked positions are dropped with ``torch.where`` (not multiplied by 0), so an inf/nan there is harmless.
     """

@@ -20,6 +20,8 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, scale: AdvantageScal
                     eps: float = 1e-6) -> torch.Tensor:
     """Group-relative advantages for ``rewards`` laid out as consecutive groups of ``group_size``.
 
+    Shapes: rewards [batch] (batch = groups * group_size) -> returns [batch] float32.
+
     - ``"group"``: (r - group mean) / (group std + eps), std unbiased as ``torch.std`` (GRPO).
     - ``"batch"``: (r - group mean) / (std of all rewards + eps).
     - ``"none"``: r - group mean (Dr.GRPO drops the std division).
@@ -51,7 +53,9 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, scale: AdvantageScal
 
 def aggregate(values: torch.Tensor, mask: torch.Tensor, agg: LossAgg = "token-mean", *,
               horizon: int | None = None, denominator: float | torch.Tensor | None = None) -> torch.Tensor:
-    """Reduce per-token ``values`` ``[batch, len]`` to a scalar over the tokens where ``mask`` is set.
+    """Reduce per-token ``values`` to a scalar over the tokens where ``mask`` is set.
+
+    Shapes: values [batch, response_len], mask [batch, response_len] -> returns scalar (0-d tensor).
 
     - ``"token-mean"``: mean over all unmasked tokens of the batch (DAPO).
     - ``"seq-mean-token-mean"``: mean per sequence, then mean over sequences with any token (GRPO paper).
@@ -83,7 +87,10 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, agg: LossAgg = "token-me
 
 def aggregate_count(mask: torch.Tensor, agg: LossAgg) -> float:
     """The count :func:`aggregate` divides by for ``mask``: tokens (token-mean), sequences with a token
-    (seq-mean-token-mean) or rows (seq-mean-token-sum-norm). The ``denominator`` of a whole batch."""
+    (seq-mean-token-mean) or rows (seq-mean-token-sum-norm). The ``denominator`` of a whole batch.
+
+    Shapes: mask [batch, response_len] -> returns a Python float.
+    """
     if agg == "token-mean":
         return max(float(mask.sum()), 1.0)
     if agg == "seq-mean-token-mean":
@@ -138,12 +145,14 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
                 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate for GRPO-style training. Returns ``(loss, metrics)``.
 
+    Shapes: logp, old_logp, mask [batch, response_len]; advantages [batch] or [batch, response_len];
+    token_weights [batch, response_len] -> returns (loss scalar, metrics of Python floats).
+
     ratio = exp(logp - old_logp) per token (``level="token"``), or the GSPO sequence ratio
     exp(mean_t(logp - old_logp)) shared by every token of a sequence (``level="sequence"``).
     The clip range is ``[1 - clip_low, 1 + clip_high]`` (DAPO clip-higher when ``clip_high > clip_low``).
-    ``logp``, ``old_logp``, ``mask``: ``[batch, len]``; ``advantages``: ``[batch]`` (one per sequence) or
-    ``[batch, len]``. ``token_weights`` (detached, e.g. truncated-importance-sampling weights) multiply
-    the per-token loss.
+    ``advantages`` is one per sequence (``[batch]``) or per token. ``token_weights`` (detached, e.g.
+    truncated-importance-sampling weights) multiply the per-token loss.
 
     metrics: ``clip_fraction`` (tokens where the clipped branch is active), ``clip_low_fraction``,
     ``clip_high_fraction``, ``ratio_mean``, ``approx_kl`` (k3 of old vs new). The trainer uses
@@ -169,16 +178,19 @@ def grpo_objective(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch
                    ref_logp: torch.Tensor | None = None, kl_coef: float = 0.0, kl_kind: KLKind = "k3",
                    entropy: torch.Tensor | None = None, entropy_coef: float = 0.0
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The whole GRPO loss of a (micro-)batch ``[batch, len]``: clipped surrogate (optionally weighted by
-    truncated importance sampling), + ``kl_coef`` · KL(policy ‖ reference), − ``entropy_coef`` · entropy,
-    each aggregated by ``agg``. Returns ``(loss, sums)``: the loss to backward, and detached 0-d tensors.
+    """The whole GRPO loss of a (micro-)batch: clipped surrogate (optionally weighted by truncated importance
+    sampling), + ``kl_coef`` · KL(policy ‖ reference), − ``entropy_coef`` · entropy, each aggregated by
+    ``agg``. Returns ``(loss, sums)``: the loss to backward, and detached 0-d tensors.
+
+    Shapes: logp, old_logp, mask, rollout_logp, ref_logp, entropy [batch, response_len]; advantages [batch]
+    (or [batch, response_len]); rollout_valid [batch] -> returns (loss scalar, sums of scalars).
 
     - ``denominator``: the whole mini-batch's count (:func:`aggregate_count`), so that micro-batch losses
       add up to the mini-batch loss (gradient accumulation); default: this batch's own.
-    - ``rollout_logp`` ``[batch, len]`` with ``rollout_valid`` ``[batch]`` (rows whose engine returned
-      logprobs): TIS weights min(π_old / π_rollout, ``tis_cap``) on valid rows, weight 1 elsewhere; the
-      rollout/trainer mismatch is measured on valid rows only.
-    - ``entropy`` ``[batch, len]``: with ``entropy_coef`` it must carry its graph; without, it is logged.
+    - ``rollout_logp`` with ``rollout_valid`` (rows whose engine returned logprobs): TIS weights
+      min(π_old / π_rollout, ``tis_cap``) on valid rows, weight 1 elsewhere; the rollout/trainer mismatch
+      is measured on valid rows only.
+    - ``entropy``: with ``entropy_coef`` it must carry its graph; without, it is logged.
 
     ``sums``: ``pg_loss``, ``kl``, ``entropy`` (this batch's share of the aggregate: they add up over
     micro-batches), and token sums to divide by ``tokens`` (``clip_*``, ``ratio_mean``, ``approx_kl``) or
@@ -221,6 +233,8 @@ def grpo_objective(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: KLKind = "k3") -> torch.Tensor:
     """Per-token estimate of KL(policy || reference) from sampled-token logprobs, Δ = logp - ref_logp.
 
+    Shapes: logp, ref_logp [batch, response_len] -> returns [batch, response_len] (elementwise).
+
     k1 = Δ (unbiased, high variance), k2 = Δ²/2, k3 = exp(-Δ) + Δ - 1 (unbiased, always >= 0).
     """
     delta = logp - ref_logp
@@ -237,6 +251,8 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: KLKind = "k3") 
 def truncated_is_weights(old_logp: torch.Tensor, rollout_logp: torch.Tensor, cap: float = 2.0) -> torch.Tensor:
     """Truncated importance-sampling weights min(π_train / π_rollout, cap) per token (TIS).
 
+    Shapes: old_logp, rollout_logp [batch, response_len] -> returns [batch, response_len], detached.
+
     Corrects for the inference engine sampling from slightly different probabilities than the trainer
     computes (kernels, precision, batch shapes). Detached: they weight the loss, not the gradient path.
     """
@@ -245,6 +261,8 @@ def truncated_is_weights(old_logp: torch.Tensor, rollout_logp: torch.Tensor, cap
 
 def logprob_mismatch(train_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     """How far the trainer's logprobs are from the engine's on the same tokens.
+
+    Shapes: train_logp, rollout_logp, mask [batch, response_len] -> returns a dict of Python floats.
 
     ``abs_diff`` mean |Δ|, ``k3`` mean k3 KL(rollout || train), ``frac_over_ln2`` the share of tokens with
     |Δ| > ln 2 (probabilities differing by more than 2×).

@@ -28,7 +28,11 @@ class PaddedRows:
 
 def pad_rows(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], *, pad_id: int,
              response_width: int | None = None) -> PaddedRows:
-    """Left-pad prompts, right-pad responses (to ``response_width`` if given, else the longest)."""
+    """Left-pad prompts, right-pad responses (to ``response_width`` if given, else the longest).
+
+    Shapes: returns PaddedRows with input_ids, attention_mask, position_ids [batch, prompt_len + response_len]
+    (long) and response_ids (long), response_mask (float32) [batch, response_len].
+    """
     if len(prompts) != len(responses) or not prompts:
         raise ValueError(f"pad_rows: {len(prompts)} prompts and {len(responses)} responses")
     p_width = max(len(p) for p in prompts)
@@ -57,7 +61,10 @@ def pad_rows(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]
 
 def response_logprobs(model, rows: PaddedRows, *, temperature: float = 1.0, with_entropy: bool = False
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logprob of each response token ``[B, R]`` (and the policy's entropy there, if asked).
+    """Logprob of each response token (and the policy's entropy there, if asked).
+
+    Shapes: rows as :func:`pad_rows` -> returns (logp [batch, response_len] fp32, 0 on padding;
+    entropy [batch, response_len] or None).
 
     Logits are divided by ``temperature`` first: the engine sampled from the tempered distribution, and
     importance ratios must compare like with like. Gradients flow unless the caller disables them.
@@ -72,9 +79,12 @@ def response_logprobs(model, rows: PaddedRows, *, temperature: float = 1.0, with
 
 def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float, with_entropy
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logprob of ``token_ids`` under ``logits / temperature`` ``[B, R]``, in fp32, and the entropy if asked.
+    """Logprob of ``token_ids`` under ``logits / temperature``, in fp32, and the entropy if asked.
 
-    logsumexp + gather instead of a full log_softmax: no second ``[B, R, vocab]`` tensor.
+    Shapes: logits [batch, response_len, vocab], token_ids [batch, response_len] -> returns
+    (logp [batch, response_len] fp32, entropy [batch, response_len] or None).
+
+    logsumexp + gather instead of a full log_softmax: no second ``[batch, response_len, vocab]`` tensor.
     """
     logits = logits.float()
     if temperature != 1.0:
@@ -97,13 +107,19 @@ def _entropy(logits: torch.Tensor, log_norm: torch.Tensor, mode) -> torch.Tensor
 
 
 def unpad(values: torch.Tensor, lengths: Sequence[int]) -> list[list[float]]:
-    """``[B, R]`` padded values -> one list per row of its first ``lengths[i]`` values."""
+    """Padded values -> one list per row of its first ``lengths[i]`` values.
+
+    Shapes: values [batch, response_len], lengths [batch] (ints) -> returns ``batch`` lists of floats.
+    """
     rows = values.detach().float().cpu().tolist()
     return [row[:n] for row, n in zip(rows, lengths)]
 
 
 def pad_values(values: Sequence[Sequence[float]], width: int) -> torch.Tensor:
-    """Ragged per-token values -> ``[B, width]`` float tensor, zero-padded."""
+    """Ragged per-token values -> float32 tensor, zero-padded.
+
+    Shapes: values ``batch`` lists -> returns [batch, width] float32.
+    """
     out = torch.zeros((len(values), width), dtype=torch.float32)
     for i, v in enumerate(values):
         if v:
@@ -116,11 +132,13 @@ def shared_prefix_logprobs(model, prompts: Sequence[Sequence[int]], responses: S
                            with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """:func:`response_logprobs` for rows that share prompts (a GRPO group): each distinct prompt runs once.
 
+    Shapes: returns (logp [batch, response_len] fp32, 0 on padding; entropy [batch, response_len] or None;
+    response_mask [batch, response_len] float32), response_len = ``response_width`` or the longest response.
+
     The prompt's forward pass yields its KV cache and the logits of the first response token; the cache is
     fanned out to the rows that share the prompt (an index select, so gradients of every row flow back
     into the one shared prompt computation) and the responses run on top of it. With 8 samples per prompt
-    and prompts as long as responses this skips ~45% of the training FLOPs. Returns
-    ``(logp [N, R], entropy or None, response_mask [N, R])``.
+    and prompts as long as responses this skips ~45% of the training FLOPs.
     """
     keys: dict[tuple, int] = {}
     row_prompt = [keys.setdefault(tuple(p), len(keys)) for p in prompts]
@@ -161,7 +179,11 @@ class PackedRow:
 def pack_examples(prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], max_tokens: int
                   ) -> list[PackedRow]:
     """Greedy in-order packing into rows of at most ``max_tokens`` tokens (an example longer than that gets
-    a row of its own). No padding is computed at all, which is the point of packing on a CPU."""
+    a row of its own). No padding is computed at all, which is the point of packing on a CPU.
+
+    Shapes: returns PackedRows with input_ids, position_ids [1, packed_len] and target_ids, target_mask
+    [1, packed_len - 1].
+    """
     rows, current, length = [], [], 0
     for p, t in zip(prompts, targets):
         n = len(p) + len(t)
@@ -186,7 +208,9 @@ def pack_examples(prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[i
 
 
 def packed_target_logprobs(model, row: PackedRow) -> torch.Tensor:
-    """Logprob of every next token of a packed row ``[1, T - 1]``, masked to target tokens.
+    """Logprob of every next token of a packed row, masked to target tokens.
+
+    Shapes: row as :func:`pack_examples` -> returns [1, packed_len - 1] fp32, 0 off target tokens.
 
     No attention mask is passed: transformers then reads the example boundaries from the restarting
     ``position_ids`` and builds a block-diagonal causal mask, so examples never see each other. A position

@@ -2,7 +2,7 @@
 import pytest
 
 from pipeline.config import R1_SYSTEM_PROMPT
-from pipeline.prompting import render_prompt_ids, render_prompt_text, template_prefills_think
+from tasks.prompting import render_prompt_ids, render_prompt_text, template_prefills_think
 
 
 class PlainTokenizer:

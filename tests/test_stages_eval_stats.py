@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from pipeline.metrics import majority_correct, mean_ci95, pass_at_k
+from stages.eval_stats import majority_correct, mean_ci95, pass_at_k
 
 
 def brute_pass_at_k(flags, k):
@@ -50,7 +50,7 @@ def test_paired_difference_matches_a_hand_computation(tmp_path):
     import json
     import math
 
-    from pipeline.metrics import paired_difference, per_prompt_rates
+    from stages.eval_stats import paired_difference, per_prompt_rates
 
     before = {"a": 0.0, "b": 0.5, "c": 1.0, "d": 0.0}
     after = {"a": 0.5, "b": 1.0, "c": 1.0, "d": 0.5, "e": 1.0}  # "e" has no partner: ignored

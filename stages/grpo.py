@@ -1,0 +1,141 @@
+"""GRPO, the loop of every RL stage (reasoning RL, general RL, the RL-only student), written against Ray actor
+handles, so the same code runs on a laptop (local Ray) and on a cluster:
+
+    collect (rollout actor) -> score (reward workers) -> advantages -> update (trainer) -> sync weights
+    -> eval / checkpoint -> next step
+
+Artifacts under ``plan.out_dir``: ``metrics.jsonl``, ``tensorboard/``, ``eval/step_NNNNN/``,
+``checkpoints/step_NNNNN/`` (model + trainer state + ``state.json``), ``model/`` and ``manifest.json``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from rollout.types import SamplingSpec
+from trainer.settings import GRPOSettings
+
+from .checkpoints import resume, save_step
+from .evaluate import evaluate, headline
+from .grpo_batch import build_batch, collect_rollouts
+from .manifest import write_manifest
+from .prompt_stream import PromptStream
+from .step_metrics import step_metrics
+
+log = logging.getLogger("r1.grpo")
+
+
+@dataclass
+class RLPlan:
+    """Everything the loop needs that is not an actor. ``train`` samples carry their rendered ``prompt_ids``;
+    the tokenizer and system prompt are for the held-out eval."""
+
+    train: Sequence[Mapping]
+    test: Sequence[Mapping]
+    tokenizer: Any
+    system_prompt: str | None
+    steps: int
+    prompts_per_step: int
+    group_size: int
+    sampling: SamplingSpec  # n = group_size
+    eval_sampling: SamplingSpec
+    eval_ks: Sequence[int]
+    grpo: GRPOSettings
+    advantage_scale: str = "group"
+    dynamic_sampling: bool = False
+    max_refill_rounds: int = 3
+    overlong_filter: bool = False
+    eval_every: int = 10
+    eval_at_ends: bool = True
+    save_every: int = 5
+    keep_checkpoints: int = 2
+    prefilled_think: bool = False
+    seed: int = 0
+    stage: str = "reasoning_rl"
+    out_dir: Path = Path("runs/rl")
+    extra_manifest: dict = field(default_factory=dict)
+
+
+def rl_step(actors, stream: PromptStream, plan: RLPlan, step: int) -> dict[str, float]:
+    """One GRPO step end to end; returns its metrics line (with seconds per phase)."""
+    import ray
+
+    started = time.perf_counter()
+    _, gens, scores, stats = collect_rollouts(actors, stream, plan, step)
+    t0 = time.perf_counter()
+    batch = build_batch(gens, scores, plan)
+    t1 = time.perf_counter()
+    g = plan.grpo
+    if actors.reference is not None:
+        ref_lp = ray.get(actors.reference.batch_logprobs.remote(batch, g.temperature, g.micro_batch_size))
+    elif actors.reference_is_trainer:  # LoRA: the trainer with its adapters off
+        ref_lp = ray.get(actors.trainer.batch_logprobs.remote(batch, g.temperature, g.micro_batch_size, True))
+    else:
+        ref_lp = None
+    t2 = time.perf_counter()
+    train = ray.get(actors.trainer.train_grpo.remote(batch, g, ref_lp))
+    t3 = time.perf_counter()
+    # The weights travel trainer -> object store -> rollout actor, never through this driver.
+    sync_load = ray.get(actors.rollout.update_weights.remote(actors.trainer.inference_state_dict.remote()))
+    t4 = time.perf_counter()
+    if train.get("rows_without_rollout_logprobs"):
+        log.warning("step %d: %d rows came back without rollout logprobs (TIS weight 1, no mismatch metric)",
+                    step, int(train["rows_without_rollout_logprobs"]))
+    seconds = {"generate": stats.pop("time/generate"), "reward": stats.pop("time/reward"), "prepare": t1 - t0,
+               "reference": t2 - t1, "train": t3 - t2, "sync": t4 - t3, "sync_load": sync_load, "step": t4 - started}
+    return step_metrics(scores, batch, stats, train, seconds, stream.epoch)
+
+
+def held_out_eval(actors, plan: RLPlan, step: int) -> dict[str, float]:
+    """Held-out pass@k / format rate of the rollout engine's current weights, written under eval/."""
+    metrics = evaluate(actors.engine, plan.tokenizer, plan.test, system_prompt=plan.system_prompt,
+                       sampling=plan.eval_sampling, ks=plan.eval_ks, prefilled_think=plan.prefilled_think,
+                       out_dir=plan.out_dir / "eval" / f"step_{step:05d}", progress=False)
+    return headline(metrics, prefix="eval/")
+
+
+def train(actors, plan: RLPlan, logger, *, on_step: Callable[[int, dict], None] | None = None) -> dict:
+    """Run (or resume, from the newest checkpoint in ``plan.out_dir``) the GRPO loop; returns the manifest."""
+    import ray
+    from tqdm.auto import tqdm
+
+    stream = PromptStream(plan.train, seed=plan.seed)
+    start, state = resume(actors.trainer, plan.out_dir, logger, plan.stage, rollout=actors.rollout)
+    stream.position = state.get("data_position", 0)
+    if start == 0:
+        # A fresh start keeps only a finished step-0 eval from an earlier attempt, never its later lines.
+        have_eval0 = (plan.out_dir / "eval" / "step_00000" / "eval.json").exists() and any(
+            r.get("step") == 0 for r in logger.rows())
+        logger.truncate_after(0 if have_eval0 else -1)
+        if not have_eval0 and plan.eval_at_ends:
+            logger.log(0, held_out_eval(actors, plan, 0))
+    bar = tqdm(total=plan.steps, initial=start, desc=plan.stage.replace("_", " "), unit="step")
+    last_eval, checkpoint_seconds = None, 0.0
+    for step in range(start + 1, plan.steps + 1):
+        metrics = rl_step(actors, stream, plan, step)
+        t0 = time.perf_counter()
+        if plan.eval_every and step % plan.eval_every == 0 or (step == plan.steps and plan.eval_at_ends):
+            last_eval = held_out_eval(actors, plan, step)
+            metrics.update(last_eval)
+        # The previous step's checkpoint save: the line is written before this step's save, so a kill in
+        # between leaves a line that the resumed run replaces, never a saved step without its line.
+        metrics.update({"time/eval": time.perf_counter() - t0, "time/checkpoint": checkpoint_seconds})
+        if on_step is not None:  # the caller may add its own figures (memory) before the line is written
+            on_step(step, metrics)
+        logger.log(step, metrics)
+        t1 = time.perf_counter()
+        if step % plan.save_every == 0 or step == plan.steps:
+            save_step(actors.trainer, plan.out_dir, step, {"data_position": stream.position}, plan.keep_checkpoints)
+        checkpoint_seconds = time.perf_counter() - t1
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics.get('accuracy', float('nan')):.2f}",
+                        fmt=f"{metrics.get('format_rate', float('nan')):.2f}", s=f"{metrics['time/step']:.0f}")
+    bar.close()
+    model_dir = ray.get(actors.trainer.save_pretrained.remote(str(plan.out_dir / "model")))
+    summary = {"stage": plan.stage, "steps": plan.steps, "model": model_dir, "final_eval": last_eval,
+               "complete": True, **plan.extra_manifest}
+    write_manifest(plan.out_dir, summary)
+    return summary

@@ -1,0 +1,91 @@
+"""The data half of a GRPO step: generate groups, score them on the reward workers, build the trainer's batch.
+
+    prompt ids -> rollout actor (n per prompt) -> reward workers -> advantages, loss mask -> RolloutBatch
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Mapping, Sequence
+
+import torch
+
+from rollout.types import Generation, RolloutBatch, SamplingSpec
+from trainer.losses import grpo_advantages
+
+from .prompt_stream import PromptStream
+
+
+def score_groups(actors, samples: Sequence[Mapping], generations: Sequence[Generation]) -> list[tuple[float, dict]]:
+    """Rewards for every completion, spread over the reward workers; in prompt-major order."""
+    import ray
+
+    texts, rows = [], []
+    for sample, gen in zip(samples, generations):
+        fields = {k: v for k, v in sample.items() if k != "prompt_ids"}  # the workers need the sample, not its ids
+        for comp in gen.completions:
+            texts.append(comp.text)
+            rows.append({**fields, "completion_tokens": len(comp.token_ids)})
+    # Worker k scores completions k, k + n, k + 2n, ...: a group's costly rows (a reward model's prompts,
+    # long code) spread over every worker instead of landing on one contiguous chunk's worker.
+    workers = actors.rewards[:len(texts)] or actors.rewards
+    n = len(workers)
+    chunks = ray.get([w.score.remote(texts[k::n], rows[k::n]) for k, w in enumerate(workers)])
+    return [chunks[i % n][i // n] for i in range(len(texts))]
+
+
+def collect_rollouts(actors, stream: PromptStream, plan, step: int) -> tuple[list, list, list, dict]:
+    """Generate and score ``plan.prompts_per_step`` groups; with dynamic sampling, drop groups whose rewards
+    are all equal (no learning signal) and refill from the stream, up to ``plan.max_refill_rounds`` extra
+    rounds. Samples carry their rendered ``prompt_ids`` (the pipeline renders them once)."""
+    import ray
+
+    kept_samples, kept_gens, kept_scores = [], [], []
+    stats, timings = Counter(), Counter()
+    rounds, need = 0, plan.prompts_per_step
+    while need > 0:
+        samples = stream.take(need)
+        sampling = SamplingSpec(**{**plan.sampling.__dict__, "seed": plan.seed + step * 1000 + rounds})
+        t0 = time.perf_counter()
+        gens = ray.get(actors.rollout.generate.remote([s["prompt_ids"] for s in samples], sampling, False))
+        t1 = time.perf_counter()
+        scores = score_groups(actors, samples, gens)
+        timings["generate"] += t1 - t0
+        timings["reward"] += time.perf_counter() - t1
+        stats["generated_tokens"] += sum(len(c.token_ids) for g in gens for c in g.completions)
+        stats["generated_groups"] += len(gens)
+        for i, (sample, gen) in enumerate(zip(samples, gens)):
+            group_scores = scores[i * plan.group_size:(i + 1) * plan.group_size]
+            totals = [t for t, _ in group_scores]
+            last_chance = not plan.dynamic_sampling or rounds >= plan.max_refill_rounds
+            if plan.dynamic_sampling and max(totals) == min(totals) and not last_chance:
+                stats["groups_dropped"] += 1
+                continue
+            kept_samples.append(sample)
+            kept_gens.append(gen)
+            kept_scores.extend(group_scores)
+        need = plan.prompts_per_step - len(kept_samples)
+        rounds += 1
+        if not plan.dynamic_sampling:
+            break
+    stats["refill_rounds"] = rounds - 1
+    return kept_samples, kept_gens, kept_scores, {**stats, **{f"time/{k}": v for k, v in timings.items()}}
+
+
+def build_batch(generations: Sequence[Generation], scores: Sequence[tuple[float, dict]], plan) -> RolloutBatch:
+    """The trainer's hand-over: ids, rollout logprobs, rewards, group-normalised advantages, loss mask."""
+    prompt_ids, response_ids, logprobs, truncated = [], [], [], []
+    for gen in generations:
+        for comp in gen.completions:
+            prompt_ids.append(gen.prompt_ids)
+            response_ids.append(comp.token_ids)
+            # None, never zeros: a zero would pass for probability 1 and bias the TIS weights.
+            logprobs.append(comp.logprobs)
+            truncated.append(comp.truncated)
+    rewards = [t for t, _ in scores]
+    adv = grpo_advantages(torch.tensor(rewards, dtype=torch.float32), plan.group_size, plan.advantage_scale)
+    loss_mask = [not (plan.overlong_filter and t) and len(r) > 0 for t, r in zip(truncated, response_ids)]
+    return RolloutBatch(prompt_ids=prompt_ids, response_ids=response_ids, group_size=plan.group_size,
+                        rollout_logprobs=None if all(lp is None for lp in logprobs) else logprobs,
+                        truncated=truncated, rewards=rewards,
+                        advantages=adv.tolist(), loss_mask=loss_mask)

@@ -1,0 +1,23 @@
+"""A stage's ``manifest.json``: what it produced (``model``, data, figures) and whether it finished
+(``"complete": true``). Written in one place, atomically; read by the recipe runner and by later stages."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_manifest(stage_dir: Path, summary: dict) -> None:
+    """Replace ``stage_dir/manifest.json`` with ``summary`` in one rename: a kill leaves the old or the new."""
+    path = Path(stage_dir) / "manifest.json"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(path)
+
+
+def read_manifest(stage_dir: Path) -> dict | None:
+    """The stage's manifest, or None when there is none (or a torn one: the stage is not complete)."""
+    path = Path(stage_dir) / "manifest.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError:
+        return None

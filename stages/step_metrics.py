@@ -1,0 +1,63 @@
+"""One GRPO step's metrics line: rewards by function, accuracy, lengths, the trainer's figures, seconds per
+phase. Pure functions of what the step produced."""
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from typing import Mapping, Sequence
+
+from rollout.types import RolloutBatch
+
+# Reward labels whose value 1.0 means "correct" (the first one present gives the step's accuracy).
+ACCURACY_LABELS = ("correctness", "accuracy", "code", "countdown")
+
+
+def reward_metrics(scores: Sequence[tuple[float, dict]], batch: RolloutBatch) -> dict[str, float]:
+    """Reward mean/std overall and per reward function, accuracy, format rate, lengths, failure reasons."""
+    totals = [t for t, _ in scores]
+    out = {"reward/mean": statistics.fmean(totals), "reward/std": statistics.pstdev(totals)}
+    labels = scores[0][1].keys() if scores else []
+    for label in labels:
+        values = [parts[label][0] for _, parts in scores]
+        out[f"reward/{label}/mean"] = statistics.fmean(values)
+        out[f"reward/{label}/std"] = statistics.pstdev(values)
+        reasons = Counter(parts[label][1] for _, parts in scores)
+        for reason, count in reasons.most_common(4):
+            if reason != "ok":
+                out[f"reasons/{label}/{reason}"] = count / len(scores)
+        base = label.split("#")[0]
+        if base in ACCURACY_LABELS and "accuracy" not in out:
+            out["accuracy"] = sum(v >= 1.0 for v in values) / len(values)
+        if base == "format":
+            out["format_rate"] = sum(v >= 1.0 for v in values) / len(values)
+    lengths = [len(r) for r in batch.response_ids]
+    out.update({"response_length/mean": statistics.fmean(lengths), "response_length/max": max(lengths),
+                "truncated_fraction": sum(batch.truncated) / len(batch),
+                "advantage/zero_fraction": sum(abs(a) < 1e-8 for a in batch.advantages) / len(batch)})
+    return out
+
+
+def step_metrics(scores: Sequence[tuple[float, dict]], batch: RolloutBatch, rollout_stats: Mapping[str, float],
+                 train: Mapping[str, float], seconds: Mapping[str, float], data_epoch: float) -> dict[str, float]:
+    """The whole line of one step: :func:`reward_metrics`, the rollout counters, the trainer's figures
+    (``train/*``, with kl, entropy, clip fraction and the rollout/trainer mismatch also at the top level),
+    seconds per phase (``seconds``: generate, reward, prepare, reference, train, sync, sync_load, step) and
+    throughput."""
+    metrics = reward_metrics(scores, batch)
+    metrics.update({k: v for k, v in rollout_stats.items() if not k.startswith("time/")})
+    metrics.update({f"train/{k}": v for k, v in train.items()})
+    metrics.update({k: train[k] for k in ("kl", "entropy", "clip_fraction") if k in train})
+    for k in ("abs_diff", "k3", "frac_over_ln2"):
+        if f"mismatch_{k}" in train:
+            metrics[f"rollout_train_mismatch/{k}"] = train[f"mismatch_{k}"]
+    metrics.update({f"time/{k}": v for k, v in seconds.items()})
+    step_s, gen_s, train_s = seconds["step"], seconds["generate"], seconds["train"]
+    metrics.update({
+        "tokens_per_second/generate": rollout_stats["generated_tokens"] / max(gen_s, 1e-9),
+        "tokens_per_second/train": batch.n_tokens / max(train_s, 1e-9),
+        "tokens_per_second/step": rollout_stats["generated_tokens"] / max(step_s, 1e-9),
+        "data/epoch": data_epoch,
+        # Share of the step spent outside generation and the optimisation itself (rewards, sync, data, logs).
+        "time/overhead_fraction": 1.0 - (gen_s + train_s) / max(step_s, 1e-9),
+    })
+    return metrics
