@@ -38,9 +38,9 @@ def _config(args):
     from pipeline.config import load_config
 
     overrides = [f"rl.prompts_per_step={args.prompts}", f"rl.group_size={args.group}",
-                 f"rollout.max_new_tokens={args.max_new_tokens}", "rl.temperature=1.0", "rl.top_p=1.0",
+                 f"rollout.max_new_tokens={args.max_new_tokens}", "rl.sampling.temperature=1.0", "rl.sampling.top_p=1.0",
                  "rl.loss_agg=token-mean", "rl.clip_low=0.2", "rl.clip_high=0.28", "rl.kl_coef=0",
-                 "trainer.precision=bf16", "trainer.micro_batch_size=8", f"trainer.optim.lr={args.lr}", f"rl.lr={args.lr}",
+                 "trainer.precision=bf16", "trainer.micro_batch_size=8", f"trainer.optim.lr={args.lr}", f"rl.optim.lr={args.lr}",
                  "trainer.optim.warmup_steps=0",
                  "rl.tis_cap=null", "rollout.kv_cache_gb=2.0", "rollout.enforce_eager=false", *args.overrides]
     return load_config(args.config, overrides)

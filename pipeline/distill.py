@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from .config import RecipeConfig, SFTConfig, validate
+from .config import RecipeConfig, SFTConfig, resolve, validate
 from .manifests import stage_model
 
 log = logging.getLogger("r1.distill")
@@ -40,7 +40,7 @@ def run_distill(cfg: RecipeConfig, *, out: str | None = None) -> dict:
     use_curated = d.with_rejection_data and curated.is_file()
     if not stats_file.is_file():  # a rerun after a crash keeps the teacher's finished samples
         verified_dataset(cfg, teacher, data_dir, prompts=d.prompts, n_samples=d.n_samples,
-                         temperature=d.temperature, max_per_prompt=d.max_per_prompt,
+                         sampling=resolve(d.sampling, cfg.rollout), max_per_prompt=d.max_per_prompt,
                          non_reasoning_ratio=cfg.rejection.non_reasoning_ratio, allow_empty=use_curated)
     examples = read_chat_examples(str(data_dir / "data.jsonl"), field="distill teacher data")
     if use_curated:
@@ -48,16 +48,16 @@ def run_distill(cfg: RecipeConfig, *, out: str | None = None) -> dict:
         for ex in extra:  # ids of both sets come from the same prompts; keep them apart
             ex["id"] = f"rs:{ex.get('id')}"
         examples += extra
-    sft = SFTConfig(epochs=d.epochs, batch_size=d.batch_size, lr=d.lr, max_length=cfg.sft.max_length,
+    sft = SFTConfig(epochs=d.epochs, batch_size=d.batch_size, optim=d.optim, max_length=cfg.sft.max_length,
                     save_every=cfg.sft.save_every, packing=cfg.sft.packing, eval=False)
     finished_sft = read_manifest(out_dir)  # written by the SFT loop when it finishes
-    if d.on_policy_steps and finished_sft and finished_sft.get("complete"):
+    if d.on_policy.steps and finished_sft and finished_sft.get("complete"):
         summary = finished_sft  # a rerun after a crash in the on-policy part
     else:
         summary = run_sft(cfg, sft, examples, out_dir=out_dir, stage="distill", init_model=student, evaluate=False,
                           teacher=teacher if d.kl_weight else None, kl_weight=d.kl_weight,
                           kl_temperature=d.kl_temperature)
-    if d.on_policy_steps:
+    if d.on_policy.steps:
         summary["sft_model"] = summary["model"]
         summary.update(run_on_policy(cfg, student=summary["model"], teacher=teacher, out_dir=out_dir / "on_policy"))
     stats = json.loads(stats_file.read_text())
@@ -82,17 +82,16 @@ def run_on_policy(cfg: RecipeConfig, *, student: str, teacher: str, out_dir: Pat
     from tasks.prompting import render_prompt_ids
     from .tracking import MetricsLogger
 
-    d = cfg.distill
+    d = cfg.distill.on_policy
     tokenizer = AutoTokenizer.from_pretrained(student)
     train_samples, _ = build_splits(cfg)
     prompts = [render_prompt_ids(tokenizer, s, cfg.data.system_prompt) for s in train_samples]
-    sampling = SamplingSpec(n=d.on_policy_samples, temperature=d.on_policy_temperature, top_p=1.0,
-                            max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.run.seed, logprobs=False)
-    plan = OnPolicyPlan(prompts=prompts, steps=d.on_policy_steps, prompts_per_step=d.on_policy_prompts_per_step,
+    sampling = SamplingSpec(n=d.samples, **resolve(d.sampling, cfg.rollout).model_dump(), seed=cfg.run.seed,
+                            logprobs=False)
+    plan = OnPolicyPlan(prompts=prompts, steps=d.steps, prompts_per_step=d.prompts_per_step,
                         sampling=sampling, micro_batch_size=cfg.trainer.micro_batch_size, seed=cfg.run.seed,
                         out_dir=out_dir, save_every=cfg.sft.save_every)
-    settings = trainer_settings(cfg, plan.steps)
-    settings.optim.lr = d.on_policy_lr or d.lr
+    settings = trainer_settings(cfg, plan.steps, d.optim)
     trainer = start_trainer(cfg, student, settings, DistillTrainer, resolve_model(teacher))
     rollout = start_rollout(cfg, student)
     logger = MetricsLogger(out_dir, tensorboard=cfg.logging.tensorboard, run_name=f"{cfg.run.name}-on-policy")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rollout import SamplingSpec, build_engine
 
-from .config import RecipeConfig
+from .config import RecipeConfig, resolve
 
 log = logging.getLogger("r1.eval")
 
@@ -23,8 +23,7 @@ def engine_options(cfg: RecipeConfig) -> dict:
 
 def eval_sampling(cfg: RecipeConfig) -> SamplingSpec:
     e = cfg.eval
-    return SamplingSpec(n=e.n_samples, temperature=e.temperature, top_p=e.top_p,
-                        max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens, seed=cfg.run.seed,
+    return SamplingSpec(n=e.n_samples, **resolve(e.sampling, cfg.rollout).model_dump(), seed=cfg.run.seed,
                         logprobs=False)
 
 

@@ -6,7 +6,7 @@ import logging
 import random
 from pathlib import Path
 
-from .config import RecipeConfig
+from .config import RecipeConfig, resolve
 from .manifests import stage_model
 
 log = logging.getLogger("r1.rejection")
@@ -18,7 +18,7 @@ def run_rejection_sample(cfg: RecipeConfig, *, model: str | None = None, out: st
     model = model or r.init_model or stage_model(cfg, "reasoning_rl") or str(cfg.run_dir() / "reasoning_rl" / "model")
     out_dir = Path(out) if out else cfg.run_dir() / "rejection_sample"
     return verified_dataset(cfg, model, out_dir, prompts=r.prompts, n_samples=r.n_samples,
-                            temperature=r.temperature, max_per_prompt=r.max_per_prompt,
+                            sampling=resolve(r.sampling, cfg.rollout), max_per_prompt=r.max_per_prompt,
                             non_reasoning_ratio=r.non_reasoning_ratio)
 
 
@@ -33,7 +33,7 @@ def filter_settings(cfg: RecipeConfig, max_per_prompt: int):
 
 
 def verified_dataset(cfg: RecipeConfig, model: str, out_dir: Path, *, prompts: int | None, n_samples: int,
-                     temperature: float, max_per_prompt: int, non_reasoning_ratio: float,
+                     sampling, max_per_prompt: int, non_reasoning_ratio: float,
                      allow_empty: bool = False) -> dict:
     """Sample ``model`` on the reasoning train prompts, keep verified and clean completions, mix in the
     non-reasoning tasks' references; write ``data.jsonl`` + ``stats.json`` under ``out_dir``. Keeping no
@@ -65,14 +65,12 @@ def verified_dataset(cfg: RecipeConfig, model: str, out_dir: Path, *, prompts: i
     general_train = train + general_splits(cfg)[0]
     non_reasoning = [make_demonstration(s, system_prompt=cfg.data.system_prompt)
                      for s in general_train if s.get("task") in general and s.get("solution")]
-    sampling = SamplingSpec(n=n_samples, temperature=temperature, top_p=cfg.rejection.top_p,
-                            max_new_tokens=cfg.rejection.max_new_tokens or cfg.rollout.max_new_tokens,
-                            seed=cfg.run.seed, logprobs=False)
+    spec = SamplingSpec(n=n_samples, **sampling.model_dump(), seed=cfg.run.seed, logprobs=False)
     log.info("sampling %s: %d prompts x %d", model_dir, len(reasoning), n_samples)
     handle = start_rollout(cfg, model_dir)
     try:
         candidates = sample_candidates(RemoteEngine(handle), tokenizer, reasoning,
-                                       system_prompt=cfg.data.system_prompt, sampling=sampling,
+                                       system_prompt=cfg.data.system_prompt, sampling=spec,
                                        prefilled_think=prefilled)
     finally:
         release_rollout(handle)

@@ -11,7 +11,7 @@ import math
 import random
 from pathlib import Path
 
-from .config import RecipeConfig, dump_yaml
+from .config import RecipeConfig, dump_yaml, resolve
 
 log = logging.getLogger("r1.reward_model")
 
@@ -69,9 +69,11 @@ def run_reward_model(cfg: RecipeConfig, *, out: str | None = None) -> dict:
     if not train_ids:
         raise ValueError(f"reward_model: no pair fits reward_model.max_length={c.max_length}")
     steps = max(1, math.ceil(len(train_ids) * c.epochs / c.batch_size))
-    settings = RewardModelSettings(lr=c.lr, batch_size=c.batch_size, micro_batch_size=cfg.trainer.micro_batch_size,
+    optim = resolve(c.optim, cfg.trainer.optim)
+    settings = RewardModelSettings(lr=optim.lr, weight_decay=optim.weight_decay, grad_clip=optim.grad_clip,
+                                   batch_size=c.batch_size, micro_batch_size=cfg.trainer.micro_batch_size,
                                    epochs=c.epochs, max_length=c.max_length, precision=cfg.trainer.precision,
-                                   grad_clip=cfg.trainer.optim.grad_clip, seed=cfg.run.seed,
+                                   seed=cfg.run.seed,
                                    threads=default_threads(cfg))
     trainer = start_trainer(cfg, model_dir, settings, cls=RewardModelTrainer)
     logger = MetricsLogger(out_dir, tensorboard=cfg.logging.tensorboard, run_name=f"{cfg.run.name}-reward-model")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .config import RecipeConfig, dump_yaml
+from .config import RecipeConfig, dump_yaml, resolve
 from .manifests import stage_model
 
 log = logging.getLogger("r1.rl")
@@ -13,14 +13,11 @@ log = logging.getLogger("r1.rl")
 
 def grpo_settings(cfg: RecipeConfig):
     """The trainer's per-update GRPO knobs from the typed config."""
-    from trainer.settings import GRPOSettings
+    from trainer.settings import GRPOLoss, GRPOSettings
 
-    r = cfg.rl
-    return GRPOSettings(clip_low=r.clip_low, clip_high=r.clip_high, loss_agg=r.loss_agg, ratio_level=r.ratio_level,
-                        kl_coef=r.kl_coef, kl_kind=r.kl_kind, entropy_coef=r.entropy_coef, tis_cap=r.tis_cap,
-                        temperature=r.temperature, mini_batches=r.mini_batches, epochs=r.epochs,
-                        micro_batch_size=cfg.trainer.micro_batch_size, skip_zero_advantage=r.skip_zero_advantage,
-                        horizon=r.max_new_tokens or cfg.rollout.max_new_tokens)
+    sampling = resolve(cfg.rl.sampling, cfg.rollout)
+    return GRPOSettings(**cfg.rl.model_dump(include=set(GRPOLoss.model_fields)), temperature=sampling.temperature,
+                        micro_batch_size=cfg.trainer.micro_batch_size, horizon=sampling.max_new_tokens)
 
 
 def build_plan(cfg: RecipeConfig, tokenizer, out_dir: Path, *, prefilled_think: bool, stage: str = "reasoning_rl"):
@@ -38,8 +35,7 @@ def build_plan(cfg: RecipeConfig, tokenizer, out_dir: Path, *, prefilled_think: 
     if cfg.rl.eval_limit_per_task:
         test = _limit_per_task(test, cfg.rl.eval_limit_per_task)
     r = cfg.rl
-    sampling = SamplingSpec(n=r.group_size, temperature=r.temperature, top_p=r.top_p,
-                            max_new_tokens=r.max_new_tokens or cfg.rollout.max_new_tokens, seed=cfg.run.seed)
+    sampling = SamplingSpec(n=r.group_size, **resolve(r.sampling, cfg.rollout).model_dump(), seed=cfg.run.seed)
     return RLPlan(train=train, test=test, tokenizer=tokenizer, system_prompt=cfg.data.system_prompt, steps=r.steps,
                   prompts_per_step=r.prompts_per_step, group_size=r.group_size, sampling=sampling,
                   eval_sampling=eval_sampling(cfg), eval_ks=cfg.eval.k, grpo=grpo_settings(cfg),

@@ -73,8 +73,7 @@ def run_sft(cfg: RecipeConfig, c: SFTConfig, examples: list[dict], *, out_dir: P
                    pack_tokens=c.max_length if c.packing and not teacher else None,
                    extra_manifest={"stage": stage, "init_model": model_dir, "skipped": skipped,
                                    "config_hash": cfg.hash()})
-    settings = trainer_settings(cfg, plan.steps)
-    settings.optim.lr = c.lr
+    settings = trainer_settings(cfg, plan.steps, c.optim)
     if teacher:
         from trainer.distill import DistillTrainer
 

@@ -79,7 +79,7 @@ def test_the_pipeline_sets_the_horizon_to_max_new_tokens():
     from pipeline.rl import grpo_settings
 
     assert grpo_settings(load_config(None, ["rollout.max_new_tokens=77"])).horizon == 77
-    assert grpo_settings(load_config(None, ["rollout.max_new_tokens=77", "rl.max_new_tokens=50"])).horizon == 50
+    assert grpo_settings(load_config(None, ["rollout.max_new_tokens=77", "rl.sampling.max_new_tokens=50"])).horizon == 50
 
 
 # ---- the whole objective in one pure function --------------------------------------------------------------
@@ -186,11 +186,11 @@ def test_gradient_checkpointing_with_shared_prefix_is_refused(tiny_model_dir):
 
 def test_tis_with_top_p_below_one_is_refused():
     with pytest.raises(ConfigError, match="rl: top_p=0.9 with tis_cap=2.0") as err:
-        load_config(None, ["rl.top_p=0.9"])
+        load_config(None, ["rl.sampling.top_p=0.9"])
     assert "\n" not in str(err.value)
-    assert load_config(None, ["rl.top_p=0.9", "rl.tis_cap=null"]).rl.top_p == 0.9
+    assert load_config(None, ["rl.sampling.top_p=0.9", "rl.tis_cap=null"]).rl.sampling.top_p == 0.9
     with pytest.raises(ConfigError, match="general_rl: top_p"):
-        load_config(None, ["general_rl.top_p=0.5"])
+        load_config(None, ["general_rl.sampling.top_p=0.5"])
 
 
 def test_adam_betas_and_eps_come_from_the_config(tiny_model_dir):

@@ -108,7 +108,7 @@ def test_fingerprint_depends_on_sections_and_inputs(tmp_path):
     stage = Stage("x", lambda c: {}, ("sft",), ("cold_start",))
     base = fingerprint(_cfg(tmp_path), stage, {"cold_start": "f1"})
     assert fingerprint(_cfg(tmp_path, "rl.steps=99"), stage, {"cold_start": "f1"}) == base
-    assert fingerprint(_cfg(tmp_path, "sft.lr=0.5"), stage, {"cold_start": "f1"}) != base
+    assert fingerprint(_cfg(tmp_path, "sft.optim.lr=0.5"), stage, {"cold_start": "f1"}) != base
     assert fingerprint(_cfg(tmp_path), stage, {"cold_start": "f2"}) != base
     assert fingerprint(_cfg(tmp_path, "eval.n_samples=8"), stage, {"cold_start": "f1"}) != base
 

@@ -27,8 +27,8 @@ TINY = [
     "reward_model.pairs=16", "reward_model.eval_pairs=8",
     "general_rl.steps=2", "general_rl.prompts_per_step=2", "general_rl.group_size=4",
     "distill.student_layers=8", "distill.prompts=12", "distill.n_samples=2", "distill.epochs=1",
-    "distill.rl_only_steps=1", "distill.kl_weight=0.5", "distill.on_policy_steps=1",
-    "distill.on_policy_prompts_per_step=2",
+    "distill.rl_only_steps=1", "distill.kl_weight=0.5", "distill.on_policy.steps=1",
+    "distill.on_policy.prompts_per_step=2",
 ]
 
 

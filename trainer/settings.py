@@ -1,60 +1,79 @@
-"""Plain settings the trainer takes (the pipeline's typed config is converted into these)."""
+"""The trainer's settings. The knobs a user sets are defined here once, and the recipe config
+(:mod:`pipeline.config`) uses these very models as its sections, so nothing is copied field by field."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
-@dataclass
-class LoraSettings:
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraSettings(_Settings):
     """LoRA via peft. ``targets`` are module-name suffixes (``"all-linear"`` = every linear but the head)."""
 
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    targets: list[str] | str = "all-linear"
+    rank: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: list[str] | Literal["all-linear"] = "all-linear"
 
 
-@dataclass
-class OptimSettings:
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    grad_clip: float = 1.0
-    warmup_steps: int = 0  # optimizer steps of linear warm-up, then constant
+class OptimKnobs(_Settings):
+    """AdamW and its learning-rate schedule: the ``optim`` block of the config."""
+
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW's moment decay rates (beta1, beta2)")
+    eps: float = Field(1e-8, gt=0, description="AdamW's epsilon")
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 = no clipping")
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warm-up")
+    schedule: Literal["constant", "cosine"] = Field("constant", description="after warm-up: constant, or cosine "
+                                                    "decay to 10% over the stage's optimizer steps")
+
+
+class OptimSettings(OptimKnobs):
+    """:class:`OptimKnobs` plus what the stage knows: its number of optimizer steps (for the cosine decay)."""
+
     total_steps: int | None = None  # with a total, the rate decays by cosine to 10% after warm-up
 
 
-@dataclass
-class GRPOSettings:
-    """Loss and update knobs of one GRPO update on a rollout batch."""
+class GRPOLoss(_Settings):
+    """The loss and update knobs of GRPO that a user sets (the RL sections of the config hold these)."""
 
-    clip_low: float = 0.2
-    clip_high: float = 0.28  # DAPO clip-higher
-    loss_agg: str = "token-mean"
-    ratio_level: str = "token"  # "sequence" = GSPO
-    kl_coef: float = 0.0  # KL to the reference, in the loss
-    kl_kind: str = "k3"
-    entropy_coef: float = 0.0
-    tis_cap: float | None = 2.0  # truncated importance sampling of the rollout/trainer mismatch; None = off
+    clip_low: float = Field(0.2, ge=0, lt=1)
+    clip_high: float = Field(0.28, ge=0, description="DAPO clip-higher")
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    ratio_level: Literal["token", "sequence"] = Field("token", description="sequence = GSPO")
+    kl_coef: float = Field(0.0, ge=0, description="KL(policy || reference) in the loss; 0 = no reference model")
+    kl_kind: Literal["k1", "k2", "k3"] = "k3"
+    entropy_coef: float = Field(0.0, ge=0)
+    tis_cap: float | None = Field(2.0, gt=0, description="truncated importance sampling cap of the rollout/"
+                                  "trainer mismatch; null = off")
+    mini_batches: int = Field(1, ge=1, description="optimizer steps per rollout batch per epoch")
+    epochs: int = Field(1, ge=1)
+    skip_zero_advantage: bool = Field(True, description="rows with advantage 0 add no gradient (no KL or "
+                                      "entropy term): skip their forward/backward; the update is unchanged")
+
+
+class GRPOSettings(GRPOLoss):
+    """One GRPO update: :class:`GRPOLoss` plus what follows from the stage's sampling and the trainer."""
+
     temperature: float = 1.0  # sampling temperature: trainer logits are divided by it
-    mini_batches: int = 1  # optimizer steps per rollout batch per epoch
-    epochs: int = 1
     micro_batch_size: int = 8  # rows per forward/backward (gradient accumulation inside a mini-batch)
-    skip_zero_advantage: bool = True  # rows with advantage 0 carry no gradient (no KL/entropy term): skip them
     horizon: int | None = None  # seq-mean-token-sum-norm's constant divisor: the rollout's max_new_tokens
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
 
 
-@dataclass
-class TrainerSettings:
+class TrainerSettings(_Settings):
     """How the trainer holds the model."""
 
-    precision: str = "bf16"  # "bf16": fp32 master weights, bf16 autocast compute; "fp32"
+    precision: Literal["bf16", "fp32"] = "bf16"  # "bf16": fp32 master weights, bf16 autocast compute
     lora: LoraSettings | None = None
-    optim: OptimSettings = field(default_factory=OptimSettings)
+    optim: OptimSettings = Field(default_factory=OptimSettings)
     threads: int | None = None  # torch intra-op threads (None: leave torch's default)
     seed: int = 0
     gradient_checkpointing: bool = False
