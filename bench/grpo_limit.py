@@ -175,11 +175,10 @@ def main() -> None:
 
     from pipeline.cluster import default_threads, rl_trainer_settings
     rows, batches, requests = run_ours(cfg, args.model, args.steps)
+    from pipeline.config import resolve
     from rollout import SamplingSpec
 
-    r = cfg.rl
-    sampling = SamplingSpec(n=r.group_size, temperature=r.temperature, top_p=r.top_p,
-                            max_new_tokens=r.max_new_tokens or cfg.rollout.max_new_tokens)
+    sampling = SamplingSpec(n=cfg.rl.group_size, **resolve(cfg.rl.sampling, cfg.rollout).model_dump())
     gen = bare_generate(cfg, args.model, requests, sampling)
     train = bare_train(args.model, batches, cfg.trainer.micro_batch_size, rl_trainer_settings(cfg).optim.lr,
                        default_threads(cfg) or os.cpu_count())

@@ -66,7 +66,7 @@ def keep_actor_logs(folder) -> None:
 def _cpus_needed(cfg: RecipeConfig) -> int:
     c = cfg.cluster
     total = c.rollout.num_cpus + c.trainer.num_cpus + c.reward.num_cpus * c.reward_workers
-    if cfg.rl.kl_coef and not cfg.trainer.lora.enabled:
+    if (cfg.rl.kl_coef or cfg.general_rl.kl_coef) and not cfg.trainer.lora.enabled:
         total += c.reference.num_cpus
     return int(total + 0.999)
 
@@ -223,41 +223,43 @@ def shared_rollouts(enabled: bool = True):
         _shared = None
 
 
-def check_sandbox(cfg: RecipeConfig) -> None:
+def check_sandbox(tasks, rewards) -> None:
     """Code tasks or a code reward need the sandbox: fail now, in one line, if it cannot run here."""
-    uses_code = any(t.name == "code" for t in cfg.data.tasks) or any(i.name == "code" for i in cfg.rewards.items)
-    if uses_code:
+    if any(t.name == "code" for t in tasks) or any(i.name == "code" for i in rewards):
         from sandbox import SandboxConfig, ensure_available
 
-        options = next((i.options for i in cfg.rewards.items if i.name == "code"), {})
+        options = next((i.options for i in rewards if i.name == "code"), {})
         isolation = options.get("isolation", SandboxConfig().isolation)
         ensure_available(SandboxConfig(isolation=isolation))
 
 
-def rl_trainer_settings(cfg: RecipeConfig, total_optimizer_steps: int | None = None):
-    """:func:`trainer_settings` with the RL section's ``optim`` block."""
-    return trainer_settings(cfg, total_optimizer_steps, cfg.rl.optim)
+def rl_trainer_settings(cfg: RecipeConfig, section=None, total_optimizer_steps: int | None = None):
+    """:func:`trainer_settings` with an RL section's ``optim`` block (``section``: default ``cfg.rl``)."""
+    return trainer_settings(cfg, total_optimizer_steps, (section or cfg.rl).optim)
 
 
-def build_rl_actors(cfg: RecipeConfig, model_dir: str, *, prefilled_think: bool,
-                    total_optimizer_steps: int | None = None) -> RLActors:
-    """Start the rollout, trainer, (reference) and reward actors of an RL stage and wait until they are up."""
+def build_rl_actors(cfg: RecipeConfig, model_dir: str, *, prefilled_think: bool, section=None, rewards=None,
+                    tasks=None, total_optimizer_steps: int | None = None) -> RLActors:
+    """Start the rollout, trainer, (reference) and reward actors of an RL stage and wait until they are up.
+    ``section``, ``rewards``, ``tasks``: the stage's (default: ``rl``, ``rewards.items``, ``data.tasks``)."""
     import ray
 
-    check_sandbox(cfg)
+    section = section or cfg.rl
+    rewards = cfg.rewards.items if rewards is None else rewards
+    check_sandbox(cfg.data.tasks if tasks is None else tasks, rewards)
     from .actors import RewardWorker
     from trainer.policy import Policy
 
     connect(cfg)
     c, threads = cfg.cluster, default_threads(cfg)
-    settings = rl_trainer_settings(cfg, total_optimizer_steps)
+    settings = rl_trainer_settings(cfg, section, total_optimizer_steps)
     trainer = start_trainer(cfg, model_dir, settings)
     rollout = start_rollout(cfg, model_dir, wait=False)  # readiness checked below, with the rest
-    items = [item.model_dump() for item in cfg.rewards.items]
+    items = [item.model_dump() for item in rewards]
     rewards = [ray.remote(RewardWorker).options(**_options(c.reward, 1)).remote(items, prefilled_think, threads)
                for _ in range(c.reward_workers)]
     reference, ref_is_trainer = None, False
-    if cfg.rl.kl_coef:
+    if section.kl_coef:
         if settings.lora is not None:
             ref_is_trainer = True
         else:

@@ -16,14 +16,15 @@ def _task_seed(seed: int, name: str) -> int:
     return seed * 1_000_003 + zlib.crc32(name.encode())
 
 
-def build_splits(cfg: RecipeConfig) -> tuple[list[dict], list[dict]]:
-    """(train, test) samples: every synthetic task of ``data.tasks`` plus every ``data.sources`` entry."""
+def build_splits(cfg: RecipeConfig, tasks: list | None = None) -> tuple[list[dict], list[dict]]:
+    """(train, test) samples: every synthetic task of ``tasks`` (default ``data.tasks``) plus every
+    ``data.sources`` entry."""
     from tasks import make_splits
     from tasks.loaders import load_samples
 
     train: list[dict] = []
     test: list[dict] = []
-    for mix in cfg.data.tasks:
+    for mix in cfg.data.tasks if tasks is None else tasks:
         tr, te = make_splits(mix.name, mix.n_train, mix.n_test, seed=_task_seed(cfg.run.seed, mix.name),
                              difficulty=mix.difficulty)
         train += tr

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from .config import RecipeConfig, SFTConfig, resolve, validate
+from .config import RecipeConfig, SFTConfig, resolve
 from .manifests import stage_model
 
 log = logging.getLogger("r1.distill")
@@ -105,17 +105,17 @@ def run_on_policy(cfg: RecipeConfig, *, student: str, teacher: str, out_dir: Pat
             "on_policy_final_reverse_kl": summary["final_reverse_kl"]}
 
 
-def student_rl_config(cfg: RecipeConfig) -> RecipeConfig:
-    """Reasoning RL of the untrained student: the rl section with the student as its start."""
-    tree = cfg.model_dump(mode="json")
-    tree["rl"]["init_model"] = student_init(cfg)
-    if cfg.distill.rl_only_steps:
-        tree["rl"]["steps"] = cfg.distill.rl_only_steps
-    return validate(tree)
+def student_rl_job(cfg: RecipeConfig):
+    """The R1 paper's comparison: reasoning RL (the ``rl`` section, ``distill.rl_only_steps`` steps) of the
+    untrained student, no teacher."""
+    from .rl import GRPOJob
+
+    section = cfg.rl.model_copy(update={"steps": cfg.distill.rl_only_steps or cfg.rl.steps})
+    return GRPOJob("student_rl", section, list(cfg.rewards.items), list(cfg.data.tasks), student_init(cfg))
 
 
 def run_student_rl(cfg: RecipeConfig, *, out: str | None = None) -> dict:
-    """The R1 paper's comparison: the same student trained by reasoning RL alone, no teacher."""
-    from .rl import run_reasoning_rl
+    """The same student trained by reasoning RL alone."""
+    from .rl import run_grpo
 
-    return run_reasoning_rl(student_rl_config(cfg), out=out or str(cfg.run_dir() / "student_rl"), stage="student_rl")
+    return run_grpo(cfg, student_rl_job(cfg), out=out)

@@ -114,15 +114,15 @@ def test_fingerprint_depends_on_sections_and_inputs(tmp_path):
 
 
 def test_general_rl_config_merges_tasks_and_fills_the_reward_model(tmp_path):
-    from pipeline.rl import general_rl_config
+    from pipeline.rl import general_rl_job
 
     cfg = _cfg(tmp_path)
-    g = general_rl_config(cfg)
-    names = [t.name for t in g.data.tasks]
+    g = general_rl_job(cfg)
+    names = [t.name for t in g.tasks]
     assert names == [t.name for t in cfg.data.tasks] + ["instruction"]
-    rm = next(i for i in g.rewards.items if i.name == "reward_model")
+    rm = next(i for i in g.rewards if i.name == "reward_model")
     assert rm.options["model"] == str(cfg.run_dir() / "reward_model" / "model") and rm.tasks == ["instruction"]
-    assert g.rl.steps == cfg.general_rl.steps and g.rl.init_model == cfg.model.name  # no sft model yet
+    assert g.section.steps == cfg.general_rl.steps and g.init_model == cfg.model.name  # no sft model yet
 
 
 def test_reward_scoped_to_tasks_scores_zero_elsewhere():
