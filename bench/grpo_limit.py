@@ -178,7 +178,8 @@ def main() -> None:
     from pipeline.config import resolve
     from rollout import SamplingSpec
 
-    sampling = SamplingSpec(n=cfg.rl.group_size, **resolve(cfg.rl.sampling, cfg.rollout).model_dump())
+    r = cfg.rl
+    sampling = SamplingSpec(n=r.group_size, **resolve(r.sampling, cfg.rollout).model_dump())
     gen = bare_generate(cfg, args.model, requests, sampling)
     train = bare_train(args.model, batches, cfg.trainer.micro_batch_size, rl_trainer_settings(cfg).optim.lr,
                        default_threads(cfg) or os.cpu_count())
@@ -199,7 +200,7 @@ def main() -> None:
         "commit": commit + ("-dirty" if dirty else ""), "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "model": args.model,
         "settings": {"prompts_per_step": r.prompts_per_step, "group_size": r.group_size,
-                     "max_new_tokens": sampling.max_new_tokens, "temperature": r.temperature,
+                     "max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
                      "trainer_precision": cfg.trainer.precision, "micro_batch_size": cfg.trainer.micro_batch_size,
                      "gradient_checkpointing": cfg.trainer.gradient_checkpointing,
                      "shared_prefix": cfg.trainer.shared_prefix, "rollout_dtype": cfg.rollout.dtype,
