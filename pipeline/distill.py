@@ -74,7 +74,7 @@ def run_on_policy(cfg: RecipeConfig, *, student: str, teacher: str, out_dir: Pat
 
     from rollout import SamplingSpec
     from stages.on_policy_distill import OnPolicyPlan, on_policy_loop
-    from trainer.distill import DistillTrainer
+    from trainer.teacher_student import DistillTrainer
     from trainer.model_io import resolve_model
 
     from .cluster import release_rollout, start_rollout, start_trainer, trainer_settings

@@ -46,7 +46,7 @@ def run_reward_model(cfg: RecipeConfig, *, out: str | None = None) -> dict:
 
     from stages.manifest import write_manifest
     from trainer.model_io import resolve_model
-    from trainer.reward_model import RewardModelSettings, RewardModelTrainer, tokenize_pair
+    from trainer.bradley_terry import RewardModelSettings, RewardModelTrainer, tokenize_pair
 
     from .cluster import default_threads, start_trainer
     from .tracking import MetricsLogger

@@ -75,7 +75,7 @@ def run_sft(cfg: RecipeConfig, c: SFTConfig, examples: list[dict], *, out_dir: P
                                    "config_hash": cfg.hash()})
     settings = trainer_settings(cfg, plan.steps, c.optim)
     if teacher:
-        from trainer.distill import DistillTrainer
+        from trainer.teacher_student import DistillTrainer
 
         plan.step_method = "train_distill_sft"
         plan.step_options = {"kl_weight": kl_weight, "temperature": kl_temperature}

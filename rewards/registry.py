@@ -44,14 +44,14 @@ _REGISTRY: dict[str, RewardFn] = {
 def reward_model_score(completion: str, sample: Mapping[str, Any], *, model: str | None = None,
                        scale: float = 1.0, offset: float = 0.0, squash: bool = True,
                        system_prompt: str | None = None, precision: str = "fp32") -> Reward:
-    """A trained reward model's score of the completion (see :func:`rewards.reward_model.reward_model_reward`).
+    """A trained reward model's score of the completion (see :func:`rewards.learned_reward.reward_model_reward`).
 
     ``model`` is the reward model's HF dir; `r1 general-rl` fills it with the reward_model stage's output.
     Loaded once per process on first use, so the torch import happens only where this reward is scored.
     """
     if not model:
         return Reward(0.0, "no_reward_model")
-    from rewards.reward_model import reward_model_reward
+    from rewards.learned_reward import reward_model_reward
 
     return reward_model_reward(completion, sample, model=model, scale=scale, offset=offset, squash=squash,
                                system_prompt=system_prompt, precision=precision)

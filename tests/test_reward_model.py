@@ -12,9 +12,9 @@ from rewards.accuracy import accuracy_reward
 from rewards.countdown import countdown_reward
 from rewards.format import format_reward
 from rewards.instruction import instruction_reward
-from rewards.reward_model import RewardModelScorer, clear_scorers, reward_model_reward
+from rewards.learned_reward import RewardModelScorer, clear_scorers, reward_model_reward
 from tasks.preferences import PAIR_FIELDS, make_preference_pairs, perturb_number, read_preference_pairs
-from trainer.reward_model import (RewardModelSettings, RewardModelTrainer, bradley_terry_loss, encode_conversation,
+from trainer.bradley_terry import (RewardModelSettings, RewardModelTrainer, bradley_terry_loss, encode_conversation,
                                   tokenize_pair)
 
 

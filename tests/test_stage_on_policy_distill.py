@@ -12,7 +12,7 @@ from pipeline.actors import RolloutWorker
 from pipeline.tracking import MetricsLogger, read_metrics
 from rollout import SamplingSpec
 from stages.on_policy_distill import OnPolicyPlan, on_policy_loop
-from trainer.distill import DistillTrainer
+from trainer.teacher_student import DistillTrainer
 from trainer.settings import OptimSettings, TrainerSettings
 
 PROMPTS = [[17 + i, 42, 216, 33] for i in range(6)]

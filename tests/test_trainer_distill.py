@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from helpers import teacher_forced_logprobs
-from trainer.distill import DistillTrainer, response_logits
-from trainer.distill_losses import masked_token_mean, token_kl
+from trainer.teacher_student import DistillTrainer, response_logits
+from trainer.losses import masked_token_mean, token_kl
 from trainer.policy import PolicyTrainer
 from trainer.settings import OptimSettings, TrainerSettings
 

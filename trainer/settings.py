@@ -64,9 +64,6 @@ class GRPOSettings(GRPOLoss):
     micro_batch_size: int = 8  # rows per forward/backward (gradient accumulation inside a mini-batch)
     horizon: int | None = None  # seq-mean-token-sum-norm's constant divisor: the rollout's max_new_tokens
 
-    def as_dict(self) -> dict:
-        return self.model_dump()
-
 
 class TrainerSettings(_Settings):
     """How the trainer holds the model."""

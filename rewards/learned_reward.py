@@ -1,7 +1,7 @@
 """Reward from a trained reward model (a one-label HF sequence-classification dir, e.g. written by
-:class:`trainer.reward_model.RewardModelTrainer`).
+:class:`trainer.bradley_terry.RewardModelTrainer`).
 
-The conversation is tokenized exactly as in training (:func:`trainer.reward_model.encode_conversation`:
+The conversation is tokenized exactly as in training (:func:`trainer.bradley_terry.encode_conversation`:
 the chat template applied once to prompt + completion) and scored at its last token. Models are loaded
 once per process and path, on first use (inside a Ray reward worker, say), and shared by its threads.
 torch and transformers are imported only when a model is first needed.
@@ -38,7 +38,7 @@ class RewardModelScorer:
         import torch
         from transformers import AutoConfig, AutoTokenizer
 
-        from trainer.reward_model import autocast_context, load_sequence_classifier
+        from trainer.bradley_terry import autocast_context, load_sequence_classifier
 
         if not Path(model_dir).is_dir():
             raise ValueError(f"{model_dir}: no such directory")
@@ -63,7 +63,7 @@ class RewardModelScorer:
 
     def encode(self, prompt_messages: Messages, completion: str) -> list[int]:
         """The token ids the model scores for this conversation."""
-        from trainer.reward_model import encode_conversation
+        from trainer.bradley_terry import encode_conversation
 
         ids = encode_conversation(self.tokenizer, prompt_messages, completion)
         return ids[-self.max_length:] if self.max_length else ids
@@ -76,7 +76,7 @@ class RewardModelScorer:
         """Raw scores of ``(prompt_messages, completion)`` items, in order, ``batch_size`` rows per forward."""
         import torch
 
-        from trainer.reward_model import autocast_context, forward_scores
+        from trainer.bradley_terry import autocast_context, forward_scores
 
         rows = [self.encode(messages, completion) for messages, completion in items]
         out: list[float] = []

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from .distill_losses import token_kl
+from .losses import token_kl
 from .devices import autocast_context
 from .policy import Policy, PolicyTrainer, _chunks
 from .sequences import PaddedRows, token_logprobs

@@ -6,7 +6,7 @@ head is new and random; the body is the LM's). A conversation is scored at its l
 rows are right-padded with ``config.pad_token_id``. The loss on a pair is ``-log sigmoid(r_chosen -
 r_rejected)``: the probability that the chosen response is preferred under the Bradley-Terry model.
 
-Plain classes (no Ray); :mod:`rewards.reward_model` scores completions with the saved model.
+Plain classes (no Ray); :mod:`rewards.learned_reward` scores completions with the saved model.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def tokenize_pair(tokenizer, prompt_messages: Sequence[Mapping[str, str]], chose
     return chosen, rejected
 
 
-# ---- scoring helpers shared with rewards.reward_model -----------------------------------------------------
+# ---- scoring helpers shared with rewards.learned_reward -----------------------------------------------------
 
 def pad_id_of(tokenizer) -> int:
     """The id rows are right-padded with: the tokenizer's pad token, else its EOS."""
