@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _config(cfg, args) -> int:
+    print("# a null field of an optim / sampling block takes the run-wide value (trainer.optim.*, rollout.*)")
     print(dump_yaml(cfg), end="")
     return 0
 

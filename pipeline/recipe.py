@@ -20,6 +20,11 @@ from typing import Callable
 from stages.manifest import read_manifest, write_manifest
 
 from .config import RecipeConfig
+from .distill import run_distill, run_student_rl
+from .rejection import run_rejection_sample
+from .reward_model import run_reward_model
+from .rl import run_general_rl, run_reasoning_rl
+from .sft import run_cold_start, run_sft_stage
 
 log = logging.getLogger("r1.recipe")
 
@@ -50,35 +55,26 @@ def _base(cfg: RecipeConfig, out: str | None = None) -> dict:
     return {"stage": "base", "model": resolve_model(cfg.model.name)}
 
 
-def _runner(module: str, function: str) -> Callable[..., dict]:
-    """``pipeline.<module>.<function>``, imported when the stage runs (the CLI starts without torch)."""
-    def run(cfg: RecipeConfig, out: str | None = None) -> dict:
-        import importlib
-
-        return getattr(importlib.import_module(f"pipeline.{module}"), function)(cfg, out=out)
-    return run
-
-
 STAGES: tuple[Stage, ...] = (
     Stage("base", _base, ()),
-    Stage("cold_start", _runner("sft", "run_cold_start"), ("cold_start", "trainer"), own_eval="cold_start.eval",
+    Stage("cold_start", run_cold_start, ("cold_start", "trainer"), own_eval="cold_start.eval",
           help="stage 1: SFT on R1-format demonstrations, then a held-out eval"),
-    Stage("reasoning_rl", _runner("rl", "run_reasoning_rl"), ("rl", "rewards", "trainer"), ("cold_start",),
+    Stage("reasoning_rl", run_reasoning_rl, ("rl", "rewards", "trainer"), ("cold_start",),
           help="stage 2: GRPO with rule rewards on Ray actors (resumes if interrupted)"),
-    Stage("rejection_sample", _runner("rejection", "run_rejection_sample"), ("rejection",), ("reasoning_rl",),
+    Stage("rejection_sample", run_rejection_sample, ("rejection",), ("reasoning_rl",),
           has_model=False, help="stage 3: sample the RL model, keep verified and clean completions, add "
                                 "non-reasoning data"),
-    Stage("sft", _runner("sft", "run_sft_stage"), ("sft", "trainer"), ("rejection_sample",), own_eval="sft.eval",
+    Stage("sft", run_sft_stage, ("sft", "trainer"), ("rejection_sample",), own_eval="sft.eval",
           help="stage 4: SFT of the base model on the rejection-sampled data"),
-    Stage("reward_model", _runner("reward_model", "run_reward_model"), ("reward_model", "trainer"), has_model=False,
+    Stage("reward_model", run_reward_model, ("reward_model", "trainer"), has_model=False,
           help="stage 5a: Bradley-Terry reward model on preference pairs"),
-    Stage("general_rl", _runner("rl", "run_general_rl"), ("general_rl", "rewards", "trainer"), ("sft", "reward_model"),
+    Stage("general_rl", run_general_rl, ("general_rl", "rewards", "trainer"), ("sft", "reward_model"),
           help="stage 5b: GRPO on reasoning + general prompts (rule rewards, reward model)"),
-    Stage("distill", _runner("distill", "run_distill"), ("distill", "rejection", "sft.max_length", "sft.save_every",
-                                                         "sft.packing", "trainer"), ("general_rl", "rejection_sample"),
+    Stage("distill", run_distill, ("distill", "rejection", "sft.max_length", "sft.save_every", "sft.packing", "trainer"),
+          ("general_rl", "rejection_sample"),
           help="stage 6: SFT of a smaller student on the final model's verified samples"),
-    Stage("student_rl", _runner("distill", "run_student_rl"), ("rl", "rewards", "trainer", "distill.student",
-                                                               "distill.student_layers", "distill.rl_only_steps"),
+    Stage("student_rl", run_student_rl, ("rl", "rewards", "trainer", "distill.student", "distill.student_layers",
+                                         "distill.rl_only_steps"),
           help="the same student trained by reasoning RL alone (the paper's comparison)"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)

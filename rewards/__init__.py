@@ -11,8 +11,7 @@ from rewards.instruction import instruction_reward
 from rewards.language import language_consistency_reward
 from rewards.length import overlong_penalty
 from rewards.code import code_reward, extract_code
-from rewards.correctness import correctness_reward
-from rewards.registry import RewardSpec, register, resolve, weighted_sum
+from rewards.registry import RewardSpec, correctness_reward, register, resolve, weighted_sum
 
 __all__ = [
     "Reward",

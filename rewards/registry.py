@@ -17,7 +17,6 @@ from typing import Any, Union
 from rewards.accuracy import accuracy_reward
 from rewards.base import Reward, reason_of
 from rewards.code import code_reward
-from rewards.correctness import correctness_reward, set_verifier_lookup
 from rewards.countdown import countdown_reward
 from rewards.format import format_reward
 from rewards.instruction import instruction_reward
@@ -28,6 +27,34 @@ logger = logging.getLogger(__name__)
 
 RewardFn = Callable[..., float]
 """``(completion: str, sample: Mapping, **options) -> float``"""
+
+# Names a sample may not name as its verifier: they do not decide correctness (and "correctness"
+# itself would recurse).
+_NOT_VERIFIERS = frozenset({"correctness", "format", "language_consistency", "overlong"})
+
+
+def correctness_reward(completion: str, sample: Mapping[str, Any], *, timeout_s: float = 5.0) -> Reward:
+    """1.0 iff the completion is correct by the reward named in ``sample.get("verifier", "accuracy")``.
+
+    ``accuracy`` (math, with ``timeout_s``), ``countdown`` and ``instruction`` (correct = every constraint
+    satisfied) are built in; any other name is looked up among registered rewards (e.g. ``code``:
+    :func:`rewards.code.code_reward`, the sample's ``tests`` run in the sandbox, pass fraction) and
+    called without options. Sample data never names a module to import. Unknown names
+    give 0.0 with reason ``unknown_verifier:<name>``; otherwise the verifier's own reason is kept.
+    """
+    name = sample.get("verifier") or "accuracy"
+    if name == "accuracy":
+        return accuracy_reward(completion, sample, timeout_s=timeout_s)
+    if name == "countdown":
+        return countdown_reward(completion, sample)
+    if name == "instruction":
+        return instruction_reward(completion, sample, all_or_nothing=True)
+    verifier = registered(name) if isinstance(name, str) and name not in _NOT_VERIFIERS else None
+    if verifier is None:
+        return Reward(0.0, f"unknown_verifier:{name}")
+    value = verifier(completion, sample)
+    return value if isinstance(value, Reward) else Reward(float(value), reason_of(value))
+
 
 _REGISTRY: dict[str, RewardFn] = {
     "format": format_reward,
@@ -85,9 +112,6 @@ def register(name: str, *, override: bool = False) -> Callable[[RewardFn], Rewar
 def registered(name: str) -> RewardFn | None:
     """The function registered under ``name``, or None."""
     return _REGISTRY.get(name)
-
-
-set_verifier_lookup(registered)  # correctness finds non-built-in verifiers here, without importing this module
 
 
 def known_rewards() -> list[str]:
