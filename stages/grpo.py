@@ -97,7 +97,7 @@ def held_out_eval(actors, plan: RLPlan, step: int) -> dict[str, float]:
     return headline(metrics, prefix="eval/")
 
 
-def train(actors, plan: RLPlan, logger, *, on_step: Callable[[int, dict], None] | None = None) -> dict:
+def grpo_loop(actors, plan: RLPlan, logger, *, on_step: Callable[[int, dict], None] | None = None) -> dict:
     """Run (or resume, from the newest checkpoint in ``plan.out_dir``) the GRPO loop; returns the manifest."""
     import ray
     from tqdm.auto import tqdm
