@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from stages.grpo_knobs import GRPOLoop
 from trainer.settings import GRPOLoss, LoraSettings, OptimKnobs
 
 # The stages of `r1 run` that produce a model, hence a held-out eval (pipeline.recipe.STAGES, in order).
@@ -93,7 +94,17 @@ def _block(knobs: type[BaseModel], name: str) -> type[BaseModel]:
     stage's ``optim`` and ``sampling`` block: a field the stage sets wins; a null one takes the run-wide
     value (``trainer.optim.<field>``, ``rollout.<field>``). :func:`resolve` applies it."""
     fields = {n: (f.annotation | None, Field(None, description=f.description)) for n, f in knobs.model_fields.items()}
-    block = create_model(name, __base__=_Strict, **fields)
+
+    def check(self):  # a value the block sets must be one the knobs take: fail at load time, in one line
+        try:
+            resolve(self, knobs())
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ValueError(f"{err['loc'][0]}={err['input']!r}: {err['msg']}") from None
+        return self
+
+    block = create_model(name, __base__=_Strict, __validators__={"check": model_validator(mode="after")(check)},
+                         **fields)
     block.__doc__ = (f"A stage's {knobs.__name__} block: a null field takes the run-wide value.")
     block.knobs = knobs
     return block
@@ -232,27 +243,15 @@ class TrainerConfig(_Strict):
         return self
 
 
-class RLConfig(GRPOLoss, _Strict):
-    """GRPO for reasoning RL (stage 2). Batch sizes, named once: each step samples ``prompts_per_step``
-    prompts x ``group_size`` responses, and trains on them in ``mini_batches`` optimizer steps per epoch.
-    The loss knobs (clip_low, ..., skip_zero_advantage) are the trainer's own :class:`GRPOLoss`."""
+class RLConfig(GRPOLoop, GRPOLoss, _Strict):
+    """GRPO for reasoning RL (stage 2): the loop's own knobs (:class:`stages.grpo_knobs.GRPOLoop`: steps,
+    batch sizes, DAPO options, evals, checkpoints), the trainer's (:class:`trainer.settings.GRPOLoss`), each
+    step trained in ``mini_batches`` optimizer steps per epoch, and the stage's blocks."""
 
     init_model: str | None = Field(None, description="model to start from (default: the cold_start stage's)")
-    steps: int = Field(20, ge=1)
-    prompts_per_step: int = Field(16, ge=1)
-    group_size: int = Field(8, ge=1, description="responses sampled per prompt (GRPO group)")
     sampling: SamplingBlock = Field(default_factory=SamplingBlock)
     optim: OptimBlock = Field(default_factory=OptimBlock)
-    advantage_scale: Literal["group", "batch", "none"] = "group"
-    dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose rewards are all equal, refill")
-    max_refill_rounds: int = Field(3, ge=0)
-    overlong_filter: bool = Field(False, description="DAPO: truncated responses take no part in the loss")
-    eval_every: int = Field(10, ge=0, description="held-out eval every N steps (0: only before and after)")
-    eval_at_ends: bool = Field(True, description="held-out evals before the first and after the last step "
-                               "(`r1 run` evaluates every stage's model anyway)")
     eval_limit_per_task: int | None = Field(None, ge=1)
-    save_every: int = Field(5, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "RLConfig":

@@ -70,14 +70,9 @@ def build_plan(cfg: RecipeConfig, tokenizer, out_dir: Path, *, prefilled_think: 
     if r.eval_limit_per_task:
         test = _limit_per_task(test, r.eval_limit_per_task)
     sampling = SamplingSpec(n=r.group_size, **resolve(r.sampling, cfg.rollout).model_dump(), seed=cfg.run.seed)
-    return RLPlan(train=train, test=test, tokenizer=tokenizer, system_prompt=cfg.data.system_prompt, steps=r.steps,
-                  prompts_per_step=r.prompts_per_step, group_size=r.group_size, sampling=sampling,
-                  eval_sampling=eval_sampling(cfg), eval_ks=cfg.eval.k, grpo=grpo_settings(cfg, r),
-                  advantage_scale=r.advantage_scale, dynamic_sampling=r.dynamic_sampling,
-                  max_refill_rounds=r.max_refill_rounds, overlong_filter=r.overlong_filter, eval_every=r.eval_every,
-                  eval_at_ends=r.eval_at_ends,
-                  save_every=r.save_every, keep_checkpoints=r.keep_checkpoints, prefilled_think=prefilled_think,
-                  seed=cfg.run.seed, stage=job.stage, out_dir=out_dir, extra_manifest={"config_hash": cfg.hash()})
+    return RLPlan(train=train, test=test, tokenizer=tokenizer, system_prompt=cfg.data.system_prompt, loop=r,
+                  sampling=sampling, eval_sampling=eval_sampling(cfg), eval_ks=cfg.eval.k, grpo=grpo_settings(cfg, r),
+                  prefilled_think=prefilled_think, seed=cfg.run.seed, stage=job.stage, out_dir=out_dir, extra_manifest={"config_hash": cfg.hash()})
 
 
 def run_grpo(cfg: RecipeConfig, job: GRPOJob, *, out: str | None = None) -> dict:

@@ -21,6 +21,7 @@ from trainer.settings import GRPOSettings
 from .checkpoints import resume, save_step
 from .evaluate import evaluate, headline
 from .grpo_batch import build_batch, collect_rollouts
+from .grpo_knobs import GRPOLoop
 from .manifest import write_manifest
 from .prompt_stream import PromptStream
 from .step_metrics import step_metrics
@@ -31,27 +32,17 @@ log = logging.getLogger("r1.grpo")
 @dataclass
 class RLPlan:
     """Everything the loop needs that is not an actor. ``train`` samples carry their rendered ``prompt_ids``;
-    the tokenizer and system prompt are for the held-out eval."""
+    the tokenizer and system prompt are for the held-out eval; ``loop`` is the config's RL section as is."""
 
     train: Sequence[Mapping]
     test: Sequence[Mapping]
     tokenizer: Any
     system_prompt: str | None
-    steps: int
-    prompts_per_step: int
-    group_size: int
+    loop: GRPOLoop
     sampling: SamplingSpec  # n = group_size
     eval_sampling: SamplingSpec
     eval_ks: Sequence[int]
     grpo: GRPOSettings
-    advantage_scale: str = "group"
-    dynamic_sampling: bool = False
-    max_refill_rounds: int = 3
-    overlong_filter: bool = False
-    eval_every: int = 10
-    eval_at_ends: bool = True
-    save_every: int = 5
-    keep_checkpoints: int = 2
     prefilled_think: bool = False
     seed: int = 0
     stage: str = "reasoning_rl"
@@ -110,14 +101,15 @@ def grpo_loop(actors, plan: RLPlan, logger, *, on_step: Callable[[int, dict], No
         have_eval0 = (plan.out_dir / "eval" / "step_00000" / "eval.json").exists() and any(
             r.get("step") == 0 for r in logger.rows())
         logger.truncate_after(0 if have_eval0 else -1)
-        if not have_eval0 and plan.eval_at_ends:
+        if not have_eval0 and plan.loop.eval_at_ends:
             logger.log(0, held_out_eval(actors, plan, 0))
-    bar = tqdm(total=plan.steps, initial=start, desc=plan.stage.replace("_", " "), unit="step")
+    knobs = plan.loop
+    bar = tqdm(total=knobs.steps, initial=start, desc=plan.stage.replace("_", " "), unit="step")
     last_eval, checkpoint_seconds = None, 0.0
-    for step in range(start + 1, plan.steps + 1):
+    for step in range(start + 1, knobs.steps + 1):
         metrics = rl_step(actors, stream, plan, step)
         t0 = time.perf_counter()
-        if plan.eval_every and step % plan.eval_every == 0 or (step == plan.steps and plan.eval_at_ends):
+        if knobs.eval_every and step % knobs.eval_every == 0 or (step == knobs.steps and knobs.eval_at_ends):
             last_eval = held_out_eval(actors, plan, step)
             metrics.update(last_eval)
         # The previous step's checkpoint save: the line is written before this step's save, so a kill in
@@ -127,15 +119,15 @@ def grpo_loop(actors, plan: RLPlan, logger, *, on_step: Callable[[int, dict], No
             on_step(step, metrics)
         logger.log(step, metrics)
         t1 = time.perf_counter()
-        if step % plan.save_every == 0 or step == plan.steps:
-            save_step(actors.trainer, plan.out_dir, step, {"data_position": stream.position}, plan.keep_checkpoints)
+        if step % knobs.save_every == 0 or step == knobs.steps:
+            save_step(actors.trainer, plan.out_dir, step, {"data_position": stream.position}, knobs.keep_checkpoints)
         checkpoint_seconds = time.perf_counter() - t1
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics.get('accuracy', float('nan')):.2f}",
                         fmt=f"{metrics.get('format_rate', float('nan')):.2f}", s=f"{metrics['time/step']:.0f}")
     bar.close()
     model_dir = ray.get(actors.trainer.save_pretrained.remote(str(plan.out_dir / "model")))
-    summary = {"stage": plan.stage, "steps": plan.steps, "model": model_dir, "final_eval": last_eval,
+    summary = {"stage": plan.stage, "steps": knobs.steps, "model": model_dir, "final_eval": last_eval,
                "complete": True, **plan.extra_manifest}
     write_manifest(plan.out_dir, summary)
     return summary

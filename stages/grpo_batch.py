@@ -35,14 +35,14 @@ def score_groups(actors, samples: Sequence[Mapping], generations: Sequence[Gener
 
 
 def collect_rollouts(actors, stream: PromptStream, plan, step: int) -> tuple[list, list, list, dict]:
-    """Generate and score ``plan.prompts_per_step`` groups; with dynamic sampling, drop groups whose rewards
-    are all equal (no learning signal) and refill from the stream, up to ``plan.max_refill_rounds`` extra
+    """Generate and score ``plan.loop.prompts_per_step`` groups; with dynamic sampling, drop groups whose rewards
+    are all equal (no learning signal) and refill from the stream, up to ``plan.loop.max_refill_rounds`` extra
     rounds. Samples carry their rendered ``prompt_ids`` (the pipeline renders them once)."""
     import ray
 
     kept_samples, kept_gens, kept_scores = [], [], []
     stats, timings = Counter(), Counter()
-    rounds, need = 0, plan.prompts_per_step
+    rounds, need = 0, plan.loop.prompts_per_step
     while need > 0:
         samples = stream.take(need)
         sampling = SamplingSpec(**{**plan.sampling.__dict__, "seed": plan.seed + step * 1000 + rounds})
@@ -55,18 +55,18 @@ def collect_rollouts(actors, stream: PromptStream, plan, step: int) -> tuple[lis
         stats["generated_tokens"] += sum(len(c.token_ids) for g in gens for c in g.completions)
         stats["generated_groups"] += len(gens)
         for i, (sample, gen) in enumerate(zip(samples, gens)):
-            group_scores = scores[i * plan.group_size:(i + 1) * plan.group_size]
+            group_scores = scores[i * plan.loop.group_size:(i + 1) * plan.loop.group_size]
             totals = [t for t, _ in group_scores]
-            last_chance = not plan.dynamic_sampling or rounds >= plan.max_refill_rounds
-            if plan.dynamic_sampling and max(totals) == min(totals) and not last_chance:
+            last_chance = not plan.loop.dynamic_sampling or rounds >= plan.loop.max_refill_rounds
+            if plan.loop.dynamic_sampling and max(totals) == min(totals) and not last_chance:
                 stats["groups_dropped"] += 1
                 continue
             kept_samples.append(sample)
             kept_gens.append(gen)
             kept_scores.extend(group_scores)
-        need = plan.prompts_per_step - len(kept_samples)
+        need = plan.loop.prompts_per_step - len(kept_samples)
         rounds += 1
-        if not plan.dynamic_sampling:
+        if not plan.loop.dynamic_sampling:
             break
     stats["refill_rounds"] = rounds - 1
     return kept_samples, kept_gens, kept_scores, {**stats, **{f"time/{k}": v for k, v in timings.items()}}
@@ -83,9 +83,9 @@ def build_batch(generations: Sequence[Generation], scores: Sequence[tuple[float,
             logprobs.append(comp.logprobs)
             truncated.append(comp.truncated)
     rewards = [t for t, _ in scores]
-    adv = grpo_advantages(torch.tensor(rewards, dtype=torch.float32), plan.group_size, plan.advantage_scale)
-    loss_mask = [not (plan.overlong_filter and t) and len(r) > 0 for t, r in zip(truncated, response_ids)]
-    return RolloutBatch(prompt_ids=prompt_ids, response_ids=response_ids, group_size=plan.group_size,
+    adv = grpo_advantages(torch.tensor(rewards, dtype=torch.float32), plan.loop.group_size, plan.loop.advantage_scale)
+    loss_mask = [not (plan.loop.overlong_filter and t) and len(r) > 0 for t, r in zip(truncated, response_ids)]
+    return RolloutBatch(prompt_ids=prompt_ids, response_ids=response_ids, group_size=plan.loop.group_size,
                         rollout_logprobs=None if all(lp is None for lp in logprobs) else logprobs,
                         truncated=truncated, rewards=rewards,
                         advantages=adv.tolist(), loss_mask=loss_mask)

@@ -8,6 +8,7 @@ from pipeline.config import ConfigError, load_config
 from rollout.types import Completion, Generation, RolloutBatch, SamplingSpec
 from stages.grpo import RLPlan
 from stages.grpo_batch import build_batch
+from stages.grpo_knobs import GRPOLoop
 from trainer import losses
 from trainer.policy import PolicyTrainer
 from trainer.settings import GRPOSettings, OptimSettings, TrainerSettings
@@ -129,8 +130,9 @@ def test_missing_rollout_logprobs_stay_missing_and_are_counted(tiny_model_dir):
     gens = [Generation(prompt_ids=PROMPTS[0], completions=[
         Completion(text="a", token_ids=RESPONSES[0], logprobs=[-0.5] * 3, finish_reason="stop"),
         Completion(text="b", token_ids=RESPONSES[1], logprobs=None, finish_reason="stop")])]
-    plan = RLPlan(train=[], test=[], tokenizer=None, system_prompt=None, steps=1, prompts_per_step=1, group_size=2,
-                  sampling=SamplingSpec(n=2), eval_sampling=SamplingSpec(n=1), eval_ks=[1], grpo=GRPOSettings())
+    plan = RLPlan(train=[], test=[], tokenizer=None, system_prompt=None,
+                  loop=GRPOLoop(steps=1, prompts_per_step=1, group_size=2), sampling=SamplingSpec(n=2),
+                  eval_sampling=SamplingSpec(n=1), eval_ks=[1], grpo=GRPOSettings())
     batch = build_batch(gens, [(1.0, {}), (0.0, {})], plan)
     assert batch.rollout_logprobs == [[-0.5] * 3, None]
     trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32"))

@@ -38,6 +38,9 @@ def test_rl_lr_is_the_reasoning_rl_rate_and_general_rl_keeps_the_trainer_rate():
     ("rl.group_size=0", "rl.group_size=0"),
     ("trainer.precision=fp8", "trainer.precision='fp8'"),
     ("cluster.rollout.num_gpus=-1", "cluster.rollout.num_gpus=-1"),
+    ("rl.optim.lr=-1", "rl.optim: lr=-1.0: Input should be greater than 0"),  # a stage block checks at load time
+    ("eval.sampling.top_p=2", "eval.sampling: top_p=2.0"),
+    ("general_rl.sampling.temperature=0", "general_rl.sampling.temperature=0.0: GRPO divides"),
 ])
 def test_bad_rl_settings_fail_in_one_line(override, message):
     with pytest.raises(ConfigError) as info:

@@ -14,6 +14,7 @@ from stages.prompt_stream import PromptStream
 from stages.checkpoints import latest_checkpoint
 from stages.grpo import RLPlan
 from stages.grpo_batch import build_batch, collect_rollouts, score_groups
+from stages.grpo_knobs import GRPOLoop
 from stages.step_metrics import reward_metrics
 from trainer.settings import GRPOSettings
 
@@ -59,9 +60,9 @@ def ray_local():
 
 
 def _plan(samples, **kw):
-    return RLPlan(train=samples, test=[], tokenizer=None, system_prompt=None, steps=1,
-                  prompts_per_step=2, group_size=2, sampling=SamplingSpec(n=2), eval_sampling=SamplingSpec(n=1),
-                  eval_ks=[1], grpo=GRPOSettings(), **kw)
+    return RLPlan(train=samples, test=[], tokenizer=None, system_prompt=None,
+                  loop=GRPOLoop(steps=1, prompts_per_step=2, group_size=2, **kw), sampling=SamplingSpec(n=2),
+                  eval_sampling=SamplingSpec(n=1), eval_ks=[1], grpo=GRPOSettings())
 
 
 def _samples(n):
