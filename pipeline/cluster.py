@@ -104,7 +104,7 @@ class RLActors:
 def trainer_settings(cfg: RecipeConfig, total_optimizer_steps: int | None = None, optim=None):
     """The trainer's settings: the config's own trainer sections, with the stage's ``optim`` block (a
     :class:`pipeline.config.OptimBlock`; none: the run-wide ``trainer.optim``) resolved over ``trainer.optim``."""
-    from trainer.settings import LoraSettings, OptimSettings, TrainerSettings
+    from trainer.settings import LoraSettings, OptimSettings, TrainerKnobs, TrainerSettings
 
     from .config import OptimBlock, resolve
 
@@ -112,9 +112,9 @@ def trainer_settings(cfg: RecipeConfig, total_optimizer_steps: int | None = None
     knobs = resolve(optim or OptimBlock(), t.optim)
     lora = LoraSettings(**t.lora.model_dump(exclude={"enabled"})) if t.lora.enabled else None
     total = total_optimizer_steps if knobs.schedule == "cosine" else None
-    return TrainerSettings(precision=t.precision, lora=lora, optim=OptimSettings(**knobs.model_dump(), total_steps=total),
-                           threads=default_threads(cfg), seed=cfg.run.seed,
-                           gradient_checkpointing=t.gradient_checkpointing, shared_prefix=t.shared_prefix)
+    return TrainerSettings(**t.model_dump(include=set(TrainerKnobs.model_fields)), lora=lora,
+                           optim=OptimSettings(**knobs.model_dump(), total_steps=total), threads=default_threads(cfg),
+                           seed=cfg.run.seed)
 
 
 def _options(spec, threads: int | None, allocator: str = "system") -> dict:

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from stages.grpo_knobs import GRPOLoop
-from trainer.settings import GRPOLoss, LoraSettings, OptimKnobs
+from trainer.settings import GRPOLoss, LoraSettings, OptimKnobs, TrainerKnobs
 
 # The stages of `r1 run` that produce a model, hence a held-out eval (pipeline.recipe.STAGES, in order).
 EVALUATED_STAGES = ("base", "cold_start", "reasoning_rl", "sft", "general_rl", "distill", "student_rl")
@@ -226,21 +226,11 @@ class LoraConfig(LoraSettings, _Strict):
     enabled: bool = False
 
 
-class TrainerConfig(_Strict):
-    precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16 = fp32 master weights, bf16 autocast")
+class TrainerConfig(TrainerKnobs, _Strict):
     micro_batch_size: int = Field(8, ge=1, description="rows per forward/backward pass")
-    gradient_checkpointing: bool = False
-    shared_prefix: bool = Field(True, description="a group's responses share one forward pass of their prompt")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     optim: OptimKnobs = Field(default_factory=OptimKnobs, description="the run-wide optimizer: each stage's "
                               "`optim` block sets its own fields over these")
-
-    @model_validator(mode="after")
-    def _checkpointing_keeps_the_prompt(self) -> "TrainerConfig":
-        if self.gradient_checkpointing and self.shared_prefix:
-            raise ValueError("gradient_checkpointing=true with shared_prefix=true: transformers' checkpointed "
-                             "layers drop the prompt's KV cache in training, so set trainer.shared_prefix=false")
-        return self
 
 
 class RLConfig(GRPOLoop, GRPOLoss, _Strict):

@@ -45,13 +45,7 @@ class Policy:
         model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).to(self.device)
         if trainable and self.settings.lora is not None:
             model = _with_lora(model, self.settings.lora)
-        if trainable and self.settings.gradient_checkpointing:
-            if self.settings.shared_prefix:
-                # transformers' checkpointed layers drop past_key_values in training mode, so the response
-                # pass would silently not see its prompt.
-                raise ValueError("trainer settings: shared_prefix=True cannot be combined with "
-                                 "gradient_checkpointing=True (the response pass would lose the prompt's KV cache); "
-                                 "turn one of them off")
+        if trainable and self.settings.gradient_checkpointing:  # never with shared_prefix: TrainerKnobs refuses it
             model.gradient_checkpointing_enable()
         self.model = model
         self.model.train(trainable)

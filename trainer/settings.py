@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Settings(BaseModel):
@@ -65,13 +65,25 @@ class GRPOSettings(GRPOLoss):
     horizon: int | None = None  # seq-mean-token-sum-norm's constant divisor: the rollout's max_new_tokens
 
 
-class TrainerSettings(_Settings):
-    """How the trainer holds the model."""
+class TrainerKnobs(_Settings):
+    """How the trainer computes: the config's ``trainer`` section holds these."""
 
-    precision: Literal["bf16", "fp32"] = "bf16"  # "bf16": fp32 master weights, bf16 autocast compute
+    precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16 = fp32 master weights, bf16 autocast")
+    gradient_checkpointing: bool = False
+    shared_prefix: bool = Field(True, description="a group's responses share one forward pass of their prompt")
+
+    @model_validator(mode="after")
+    def _checkpointing_keeps_the_prompt(self):
+        if self.gradient_checkpointing and self.shared_prefix:
+            raise ValueError("gradient_checkpointing=true with shared_prefix=true: transformers' checkpointed "
+                             "layers drop the prompt's KV cache in training, so set trainer.shared_prefix=false")
+        return self
+
+
+class TrainerSettings(TrainerKnobs):
+    """How the trainer holds the model: :class:`TrainerKnobs` plus the stage's optimizer and the process's own."""
+
     lora: LoraSettings | None = None
     optim: OptimSettings = Field(default_factory=OptimSettings)
     threads: int | None = None  # torch intra-op threads (None: leave torch's default)
     seed: int = 0
-    gradient_checkpointing: bool = False
-    shared_prefix: bool = True  # rows with the same prompt (a GRPO group) share the prompt's forward pass
