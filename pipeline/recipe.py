@@ -43,6 +43,12 @@ class Stage:
     has_model: bool = True  # produces a model to evaluate
     help: str = ""  # the CLI's line; no help = no subcommand of its own (the base model's eval)
     own_eval: str | None = None  # its config switch for an eval of its own, off under `r1 run` (which evaluates)
+    # The report: the metric the stage is meant to move (the R1 paper's reason for it), the stage its pass@1
+    # and format rate are compared with, and its targeted metric paired over the same held-out prompts:
+    # (against which stage, on which tasks: all / reasoning / general, which per-completion flag).
+    target: str = ""
+    compared_with: str | None = None
+    target_delta: tuple[str, str, str] | None = None
 
     @property
     def command(self) -> str:
@@ -56,26 +62,36 @@ def _base(cfg: RecipeConfig, out: str | None = None) -> dict:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("base", _base, ()),
+    Stage("base", _base, (), target="the starting point"),
     Stage("cold_start", run_cold_start, ("cold_start", "trainer"), own_eval="cold_start.eval",
-          help="stage 1: SFT on R1-format demonstrations, then a held-out eval"),
+          help="stage 1: SFT on R1-format demonstrations, then a held-out eval",
+          target="format rate (readable R1-format reasoning)", compared_with="base",
+          target_delta=("base", "all", "format")),
     Stage("reasoning_rl", run_reasoning_rl, ("rl", "rewards", "trainer"), ("cold_start",),
-          help="stage 2: GRPO with rule rewards on Ray actors (resumes if interrupted)"),
-    Stage("rejection_sample", run_rejection_sample, ("rejection",), ("reasoning_rl",),
-          has_model=False, help="stage 3: sample the RL model, keep verified and clean completions, add "
-                                "non-reasoning data"),
+          help="stage 2: GRPO with rule rewards on Ray actors (resumes if interrupted)",
+          target="reasoning pass@1", compared_with="cold_start", target_delta=("cold_start", "reasoning", "correct")),
+    Stage("rejection_sample", run_rejection_sample, ("rejection",), ("reasoning_rl",), has_model=False,
+          help="stage 3: sample the RL model, keep verified and clean completions, add non-reasoning data",
+          target="a clean, verified SFT dataset"),
     Stage("sft", run_sft_stage, ("sft", "trainer"), ("rejection_sample",), own_eval="sft.eval",
-          help="stage 4: SFT of the base model on the rejection-sampled data"),
+          help="stage 4: SFT of the base model on the rejection-sampled data",
+          target="pass@1 of the base model trained on the RL model's verified samples", compared_with="cold_start",
+          target_delta=("base", "reasoning", "correct")),
     Stage("reward_model", run_reward_model, ("reward_model", "trainer"), has_model=False,
-          help="stage 5a: Bradley-Terry reward model on preference pairs"),
+          help="stage 5a: Bradley-Terry reward model on preference pairs",
+          target="pairwise accuracy on held-out preference pairs"),
     Stage("general_rl", run_general_rl, ("general_rl", "rewards", "trainer"), ("sft", "reward_model"),
-          help="stage 5b: GRPO on reasoning + general prompts (rule rewards, reward model)"),
+          help="stage 5b: GRPO on reasoning + general prompts (rule rewards, reward model)",
+          target="general (instruction) pass@1 while keeping reasoning", compared_with="sft",
+          target_delta=("sft", "general", "correct")),
     Stage("distill", run_distill, ("distill", "rejection", "sft.max_length", "sft.save_every", "sft.packing", "trainer"),
           ("general_rl", "rejection_sample"),
-          help="stage 6: SFT of a smaller student on the final model's verified samples"),
+          help="stage 6: SFT of a smaller student on the final model's verified samples",
+          target="the small student's pass@1", compared_with="base", target_delta=("student_rl", "reasoning", "correct")),
     Stage("student_rl", run_student_rl, ("rl", "rewards", "trainer", "distill.student", "distill.student_layers",
                                          "distill.rl_only_steps"),
-          help="the same student trained by reasoning RL alone (the paper's comparison)"),
+          help="the same student trained by reasoning RL alone (the paper's comparison)",
+          target="the same student by RL alone (the paper's comparison)", compared_with="distill"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

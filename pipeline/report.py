@@ -11,33 +11,11 @@ from pathlib import Path
 
 from stages.manifest import read_manifest
 
-from .recipe import STAGE_NAMES
+from .recipe import STAGE_NAMES, STAGES
 
 log = logging.getLogger("r1.report")
 
-# The metric each stage is meant to move (the R1 paper's reason for the stage).
-TARGETS = {
-    "base": "the starting point",
-    "cold_start": "format rate (readable R1-format reasoning)",
-    "reasoning_rl": "reasoning pass@1",
-    "rejection_sample": "a clean, verified SFT dataset",
-    "sft": "pass@1 of the base model trained on the RL model's verified samples",
-    "reward_model": "pairwise accuracy on held-out preference pairs",
-    "general_rl": "general (instruction) pass@1 while keeping reasoning",
-    "distill": "the small student's pass@1",
-    "student_rl": "the same student by RL alone (the paper's comparison)",
-}
-
-
-# Which stage each stage's effect is measured against (paired over the same held-out prompts).
-COMPARED_WITH = {"cold_start": "base", "reasoning_rl": "cold_start", "sft": "cold_start", "general_rl": "sft",
-                 "distill": "base", "student_rl": "distill"}
-
-# The targeted metric, paired: (against which stage, on which tasks, which per-completion flag).
-# "reasoning" tasks are the rule-verified ones; "general" those of general_rl.general_tasks.
-TARGET_DELTA = {"cold_start": ("base", "all", "format"), "reasoning_rl": ("cold_start", "reasoning", "correct"),
-                "sft": ("base", "reasoning", "correct"), "general_rl": ("sft", "general", "correct"),
-                "distill": ("student_rl", "reasoning", "correct")}
+ROWS = {s.name: s for s in STAGES}  # each stage's target, and what its effect is measured against
 
 
 def collect(run_dir: str | Path) -> list[dict]:
@@ -86,13 +64,13 @@ def eval_table(records: list[dict]) -> list[dict]:
                       "pass_k": {k: v for k, v in row["pass_at"].items() if k != "1"}})
     by_stage = {rec["stage"]: rec for rec in records}
     for row in table:
-        ref = COMPARED_WITH.get(row["stage"])
+        ref = ROWS[row["stage"]].compared_with
         if ref in by_stage and by_stage[ref]["eval"]:
             row["vs"] = ref
             row["delta"] = _paired(by_stage[ref]["dir"], by_stage[row["stage"]]["dir"], "correct")
             row["delta_format"] = _paired(by_stage[ref]["dir"], by_stage[row["stage"]]["dir"], "format")
-        if row["stage"] in TARGET_DELTA:
-            ref, scope, key = TARGET_DELTA[row["stage"]]
+        if ROWS[row["stage"]].target_delta:
+            ref, scope, key = ROWS[row["stage"]].target_delta
             if ref in by_stage and by_stage[ref]["eval"]:
                 tasks = _scope_tasks(row, scope, _general_tasks(by_stage))
                 row["target"] = {"vs": ref, "scope": scope, "metric": "pass@1" if key == "correct" else "format rate",
@@ -228,7 +206,7 @@ def render_markdown(run_dir: Path, records: list[dict], table: list[dict], image
                          f"{_fmt(r['format_rate'])} | "
                          + " | ".join(_fmt(r["per_task"].get(t)) for t in tasks)
                          + f" | {r.get('vs', '')} | {_delta(r.get('delta'))} | {_delta(r.get('delta_format'))} | "
-                         f"{TARGETS.get(r['stage'], '')} | {_target(r.get('target'))} |")
+                         f"{ROWS[r['stage']].target} | {_target(r.get('target'))} |")
         lines += ["", "Δ: the change against the named stage, paired over the same prompts (mean of per-prompt "
                   "differences, 95% interval, z). Δ of the target: the metric the stage is for, on its tasks "
                   "(reasoning = rule-verified tasks, general = general_rl.general_tasks), against the stage named.",
