@@ -7,8 +7,9 @@ import json
 import logging
 from pathlib import Path
 
+from stages.manifest import stage_model
+
 from .config import RecipeConfig, SFTConfig, resolve
-from .manifests import stage_model
 
 log = logging.getLogger("r1.distill")
 
@@ -32,7 +33,7 @@ def run_distill(cfg: RecipeConfig, *, out: str | None = None) -> dict:
 
     d = cfg.distill
     out_dir = Path(out) if out else cfg.run_dir() / "distill"
-    teacher = d.teacher or stage_model(cfg, "general_rl") or str(cfg.run_dir() / "general_rl" / "model")
+    teacher = d.teacher or stage_model(cfg.run_dir(), "general_rl") or str(cfg.run_dir() / "general_rl" / "model")
     student = student_init(cfg)
     data_dir = out_dir / "teacher_data"
     stats_file = data_dir / "stats.json"

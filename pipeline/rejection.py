@@ -6,8 +6,9 @@ import logging
 import random
 from pathlib import Path
 
+from stages.manifest import stage_model
+
 from .config import RecipeConfig, resolve
-from .manifests import stage_model
 
 log = logging.getLogger("r1.rejection")
 
@@ -15,7 +16,8 @@ log = logging.getLogger("r1.rejection")
 def run_rejection_sample(cfg: RecipeConfig, *, model: str | None = None, out: str | None = None) -> dict:
     """Stage 3: sample ``rejection.init_model`` (default: the reasoning_rl stage's model) on train prompts."""
     r = cfg.rejection
-    model = model or r.init_model or stage_model(cfg, "reasoning_rl") or str(cfg.run_dir() / "reasoning_rl" / "model")
+    model = (model or r.init_model or stage_model(cfg.run_dir(), "reasoning_rl")
+             or str(cfg.run_dir() / "reasoning_rl" / "model"))
     out_dir = Path(out) if out else cfg.run_dir() / "rejection_sample"
     return verified_dataset(cfg, model, out_dir, prompts=r.prompts, n_samples=r.n_samples,
                             sampling=resolve(r.sampling, cfg.rollout), max_per_prompt=r.max_per_prompt,

@@ -7,8 +7,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from stages.manifest import stage_model
+
 from .config import GeneralRLConfig, RecipeConfig, RewardItem, RLConfig, TaskMix, dump_yaml, resolve
-from .manifests import stage_model
 
 log = logging.getLogger("r1.rl")
 
@@ -26,7 +27,7 @@ class GRPOJob:
 
 def reasoning_rl_job(cfg: RecipeConfig) -> GRPOJob:
     """Stage 2: ``rl`` with ``rewards.items`` on ``data.tasks``, from the cold-start model."""
-    init = cfg.rl.init_model or stage_model(cfg, "cold_start") or cfg.model.name
+    init = cfg.rl.init_model or stage_model(cfg.run_dir(), "cold_start") or cfg.model.name
     return GRPOJob("reasoning_rl", cfg.rl, list(cfg.rewards.items), list(cfg.data.tasks), init)
 
 
@@ -39,7 +40,8 @@ def general_rl_job(cfg: RecipeConfig) -> GRPOJob:
                if item.name == "reward_model" and not item.options.get("model") else item for item in g.rewards]
     have = {t.name for t in cfg.data.tasks}
     tasks = list(cfg.data.tasks) + [t for t in g.general_tasks if t.name not in have]
-    return GRPOJob("general_rl", g, rewards, tasks, g.init_model or stage_model(cfg, "sft") or cfg.model.name)
+    init = g.init_model or stage_model(cfg.run_dir(), "sft") or cfg.model.name
+    return GRPOJob("general_rl", g, rewards, tasks, init)
 
 
 def grpo_settings(cfg: RecipeConfig, section: RLConfig | None = None):
@@ -72,7 +74,8 @@ def build_plan(cfg: RecipeConfig, tokenizer, out_dir: Path, *, prefilled_think: 
     sampling = SamplingSpec(n=r.group_size, **resolve(r.sampling, cfg.rollout).model_dump(), seed=cfg.run.seed)
     return RLPlan(train=train, test=test, tokenizer=tokenizer, system_prompt=cfg.data.system_prompt, loop=r,
                   sampling=sampling, eval_sampling=eval_sampling(cfg), eval_ks=cfg.eval.k, grpo=grpo_settings(cfg, r),
-                  prefilled_think=prefilled_think, seed=cfg.run.seed, stage=job.stage, out_dir=out_dir, extra_manifest={"config_hash": cfg.hash()})
+                  prefilled_think=prefilled_think, seed=cfg.run.seed, stage=job.stage, out_dir=out_dir,
+                  extra_manifest={"config_hash": cfg.hash()})
 
 
 def run_grpo(cfg: RecipeConfig, job: GRPOJob, *, out: str | None = None) -> dict:

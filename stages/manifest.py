@@ -21,3 +21,10 @@ def read_manifest(stage_dir: Path) -> dict | None:
         return json.loads(path.read_text()) if path.is_file() else None
     except json.JSONDecodeError:
         return None
+
+
+def stage_model(run_dir: Path, stage: str) -> str | None:
+    """The model that ``stage`` of the run in ``run_dir`` finished (its manifest's ``model``), or None: the
+    one way to find an earlier stage's model."""
+    manifest = read_manifest(Path(run_dir) / stage)
+    return manifest.get("model") if manifest and manifest.get("complete") else None

@@ -22,9 +22,11 @@ def test_rl_lr_is_the_reasoning_rl_rate_and_general_rl_keeps_the_trainer_rate():
     from pipeline.distill import student_rl_job
     from pipeline.rl import general_rl_job
 
-    cfg = load_config("configs/quickstart.yaml", ["rl.optim.lr=3e-5", "trainer.optim.lr=1e-5", "general_rl.optim.lr=null"])
+    cfg = load_config("configs/quickstart.yaml",
+                      ["rl.optim.lr=3e-5", "trainer.optim.lr=1e-5", "general_rl.optim.lr=null"])
     assert rl_trainer_settings(cfg).optim.lr == 3e-5
-    assert rl_trainer_settings(cfg, student_rl_job(cfg).section).optim.lr == 3e-5  # the RL-only student: reasoning RL's knobs
+    # the RL-only student: reasoning RL's knobs
+    assert rl_trainer_settings(cfg, student_rl_job(cfg).section).optim.lr == 3e-5
     assert rl_trainer_settings(cfg, general_rl_job(cfg).section).optim.lr == 1e-5
     cfg = load_config("configs/quickstart.yaml", ["general_rl.optim.lr=4e-5"])
     assert rl_trainer_settings(cfg, general_rl_job(cfg).section).optim.lr == 4e-5
