@@ -61,8 +61,8 @@ def run_ours(cfg, model: str, samples: list[dict], steps: int) -> dict:
     import ray
 
     from pipeline.cluster import build_rl_actors
-    from tasks.prompting import template_prefills_think
     from pipeline.rl import build_plan
+    from tasks.prompting import render_prompt_ids, template_prefills_think
     from stages.prompt_stream import PromptStream
     from stages.grpo import rl_step
     from trainer.model_io import resolve_model
@@ -73,7 +73,9 @@ def run_ours(cfg, model: str, samples: list[dict], steps: int) -> dict:
     prefilled = template_prefills_think(tok, cfg.data.system_prompt)
     plan = build_plan(cfg, tok, Path(tempfile.mkdtemp(prefix="r1-bench-")), prefilled_think=prefilled)
     actors = build_rl_actors(cfg, model_dir, prefilled_think=prefilled)
-    stream = PromptStream(samples, seed=0)
+    # The loop takes prompts the pipeline rendered (as build_plan does for the train split).
+    stream = PromptStream([{**s, "prompt_ids": render_prompt_ids(tok, s, cfg.data.system_prompt)} for s in samples],
+                          seed=0)
     stream._order = lambda epoch: list(range(len(samples)))  # the same prompts, in the same order, as TRL
     rows = []
     for step in range(steps):
