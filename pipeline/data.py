@@ -38,16 +38,19 @@ def build_splits(cfg: RecipeConfig, tasks: list | None = None) -> tuple[list[dic
     return train, test
 
 
+def general_task_mix(cfg: RecipeConfig) -> list:
+    """The entries of ``general_rl.general_tasks`` (the general prompts of stage 5) not already in data.tasks."""
+    have = {mix.name for mix in cfg.data.tasks}
+    return [mix for mix in cfg.general_rl.general_tasks if mix.name not in have]
+
+
 def general_splits(cfg: RecipeConfig) -> tuple[list[dict], list[dict]]:
-    """(train, test) of ``general_rl.general_tasks`` (the general prompts of stage 5) not already in data.tasks."""
+    """(train, test) of :func:`general_task_mix`."""
     from tasks import make_splits
 
-    have = {mix.name for mix in cfg.data.tasks}
     train: list[dict] = []
     test: list[dict] = []
-    for mix in cfg.general_rl.general_tasks:
-        if mix.name in have:
-            continue
+    for mix in general_task_mix(cfg):
         tr, te = make_splits(mix.name, mix.n_train, mix.n_test, seed=_task_seed(cfg.run.seed, mix.name),
                              difficulty=mix.difficulty)
         train += tr

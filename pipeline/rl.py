@@ -10,6 +10,7 @@ from pathlib import Path
 from stages.manifest import stage_model
 
 from .config import GeneralRLConfig, RecipeConfig, RewardItem, RLConfig, TaskMix, dump_yaml, resolve
+from .data import general_task_mix
 
 log = logging.getLogger("r1.rl")
 
@@ -38,8 +39,7 @@ def general_rl_job(cfg: RecipeConfig) -> GRPOJob:
     reward_model_dir = str(cfg.run_dir() / "reward_model" / "model")
     rewards = [item.model_copy(update={"options": {**item.options, "model": reward_model_dir}})
                if item.name == "reward_model" and not item.options.get("model") else item for item in g.rewards]
-    have = {t.name for t in cfg.data.tasks}
-    tasks = list(cfg.data.tasks) + [t for t in g.general_tasks if t.name not in have]
+    tasks = list(cfg.data.tasks) + general_task_mix(cfg)
     init = g.init_model or stage_model(cfg.run_dir(), "sft") or cfg.model.name
     return GRPOJob("general_rl", g, rewards, tasks, init)
 
