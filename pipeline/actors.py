@@ -47,6 +47,13 @@ class RolloutWorker:
     def load_model(self, model_dir: str) -> float:
         return self.engine.load_model(model_dir)
 
+    def set_routing_capture(self, on: bool) -> int:
+        """Pause / resume R3 routing capture (vLLM engines); returns the routing bytes per token."""
+        if not hasattr(self.engine, "set_routing_capture"):
+            raise ValueError(f"{type(self.engine).__name__} cannot pause routing capture (use rollout.engine=vllm)")
+        self.engine.set_routing_capture(on)
+        return self.engine.routing_bytes_per_token
+
     def close(self) -> None:
         self.engine.close()
 

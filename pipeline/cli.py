@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = cfg_sub.add_parser("show", help="print the resolved config (file + overrides + defaults)")
     _add_config_args(show)
 
-    prep = sub.add_parser("prepare-model", help="import a model (default: the embedded SmolLM2 GGUF) into the cache")
+    prep = sub.add_parser("prepare-model", help="import a model (default: the config's model.name) into the cache; "
+                                                "smollm2-moe: upcycle SmolLM2 into a 4-expert MoE and tune it")
+    prep.add_argument("model", nargs="?", help="alias to prepare: smollm2, smollm2-moe (default: model.name)")
     _add_config_args(prep)
 
     data = sub.add_parser("make-data", help="write the train/test splits and cold-start demos as JSONL")
@@ -56,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--until", choices=STAGE_NAMES, help="last stage to run")
     run.add_argument("--no-report", action="store_true", help="do not write runs/<name>/report at the end")
 
+    r3 = sub.add_parser("r3-check", help="MoE models: rollout vs training routing mismatch and k3 KL, without and "
+                                         "with Rollout Routing Replay, and what R3 costs (writes r3_check.json)")
+    _add_config_args(r3)
+    r3.add_argument("--model", help="model dir or alias (default: config model.name)")
+    r3.add_argument("--out", help="output dir (default: runs/<name>/r3_check)")
+
     rep = sub.add_parser("report", help="Markdown + PNG report of a recipe run (table, curves, eval by stage)")
     rep.add_argument("run_dir", help="runs/<name>")
     rep.add_argument("--out", help="output dir (default: <run_dir>/report)")
@@ -70,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "report":
             return _report(args)
+        if args.command == "prepare-model" and args.model and "=" in args.model:  # an override, not an alias
+            args.overrides.insert(0, args.model)
+            args.model = None
         cfg = load_config(args.config, args.overrides)
+        if args.command != "prepare-model":
+            _prepare_if_needed(cfg)
         if args.command in COMMANDS:
             return COMMANDS[args.command](cfg, args)
         return _stage(cfg, args)
@@ -88,8 +101,25 @@ def _config(cfg, args) -> int:
 def _prepare_model(cfg, args) -> int:
     from trainer.model_io import resolve_model
 
-    print(resolve_model(cfg.model.name))
+    spec = args.model or cfg.model.name
+    if spec == "smollm2-moe":
+        from .moe_model import prepare_moe_model
+
+        print(prepare_moe_model(cfg))
+    else:
+        print(resolve_model(spec))
     return 0
+
+
+def _prepare_if_needed(cfg) -> None:
+    """A config whose model is made by a command (smollm2-moe) gets it made before anything needs it."""
+    from trainer.model_io import PREPARED_MODELS, is_complete, prepared_model_dir
+
+    if cfg.model.name in PREPARED_MODELS and not is_complete(prepared_model_dir(cfg.model.name)):
+        from .moe_model import prepare_moe_model
+
+        log.info("model %s is not prepared yet: preparing it first", cfg.model.name)
+        prepare_moe_model(cfg)
 
 
 def _make_data(cfg, args) -> int:
@@ -121,11 +151,24 @@ def _stage(cfg, args) -> int:
 def _run(cfg, args) -> int:
     from .recipe import run_recipe
 
-    run_recipe(cfg, start=args.start, until=args.until)
+    run_recipe(cfg, start=args.start, until=args.until or cfg.recipe.until)
     if not args.no_report:
         from .report import write_report
 
         print(f"report: {write_report(cfg.run_dir())}")
+    return 0
+
+
+def _r3_check(cfg, args) -> int:
+    from .r3_check import run_r3_check
+
+    result = run_r3_check(cfg, model=args.model, out=args.out)
+    for name in ("without_r3", "with_r3"):
+        r = result[name]
+        print(f"{name:>10}: router mismatch {r['router_mismatch']:.4f}, token mismatch {r['token_mismatch']:.4f}, "
+              f"k3 {r['k3']:.2e}, |dlogp| > ln2 {r['frac_over_ln2']:.4f}")
+    print(f"routing bytes per token {result['routing_bytes_per_token']}, "
+          f"R3 overhead {100 * result['overhead_fraction']:.1f}% of generation + update time")
     return 0
 
 
@@ -150,7 +193,7 @@ def _print_summary(summary: dict) -> None:
 
 
 COMMANDS = {"config": _config, "prepare-model": _prepare_model, "make-data": _make_data, "eval": _eval,
-            "run": _run}  # and one per stage of the recipe's table (_stage)
+            "run": _run, "r3-check": _r3_check}  # and one per stage of the recipe's table (_stage)
 
 
 if __name__ == "__main__":

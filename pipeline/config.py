@@ -135,6 +135,8 @@ class RolloutConfig(SamplingKnobs):
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     enforce_eager: bool = False
     tensor_parallel_size: int = Field(1, ge=1)
+    routing_capture: bool | None = Field(None, description="MoE models: record the experts each token used (R3). "
+                                         "null = on when an RL stage sets routing_replay")
 
 
 class RewardItem(_Strict):
@@ -348,6 +350,7 @@ class RecipeStagesConfig(_Strict):
 
     eval_each_stage: bool = Field(True, description="held-out eval of every stage's model")
     rl_only_student: bool = Field(True, description="also train the student by RL alone (the R1 paper's comparison)")
+    until: str | None = Field(None, description="last stage `r1 run` runs (its --until wins); null = all")
     share_rollout: bool = Field(True, description="one rollout engine for all stages of a model size: weights are "
                                 "swapped in per stage instead of starting an engine each time")
 

@@ -18,7 +18,15 @@ def engine_options(cfg: RecipeConfig) -> dict:
     return {"dtype": r.dtype, "gpu_memory_utilization": r.gpu_memory_utilization,
             "max_model_len": r.max_model_len, "max_num_seqs": r.max_num_seqs, "seed": cfg.run.seed,
             "enforce_eager": r.enforce_eager, "tensor_parallel_size": r.tensor_parallel_size,
-            "kv_cache_gb": r.kv_cache_gb}
+            "kv_cache_gb": r.kv_cache_gb, "routing_capture": routing_capture(cfg)}
+
+
+def routing_capture(cfg: RecipeConfig) -> bool:
+    """Whether engines record routing (R3): ``rollout.routing_capture``, or by default whether an RL stage
+    replays it. One engine serves every stage of a run, so it is decided once for the run."""
+    if cfg.rollout.routing_capture is not None:
+        return cfg.rollout.routing_capture
+    return bool(cfg.rl.routing_replay or cfg.general_rl.routing_replay)
 
 
 def eval_sampling(cfg: RecipeConfig) -> SamplingSpec:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 # config.json keys that fix the shapes of the weights: equal keys mean a weight swap fits the engine.
 _SHAPE_KEYS = ("model_type", "architectures", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-               "num_attention_heads", "num_key_value_heads", "head_dim", "tie_word_embeddings")
+               "num_attention_heads", "num_key_value_heads", "head_dim", "tie_word_embeddings",
+               # MoE: the expert count and top-k (Mixtral / Qwen-MoE / DeepSeek names), the experts' width
+               "num_local_experts", "num_experts", "n_routed_experts", "num_experts_per_tok", "moe_intermediate_size")
 
 
 def architecture_of(model_dir: str) -> dict:

@@ -10,9 +10,10 @@ from .types import Completion, Generation, SamplingSpec
 class HFEngine:
     """Batched ``model.generate`` with left padding; logprobs of the sampled tokens from processed scores."""
 
-    OPTIONS = ("dtype", "seed", "batch_size")
+    OPTIONS = ("dtype", "seed", "batch_size", "routing_capture")
 
-    def __init__(self, model_dir: str, *, dtype: str = "float32", seed: int = 0, batch_size: int = 16) -> None:
+    def __init__(self, model_dir: str, *, dtype: str = "float32", seed: int = 0, batch_size: int = 16,
+                 routing_capture: bool = False) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -26,6 +27,25 @@ class HFEngine:
         self.seed = seed
         self.batch_size = batch_size
         self.architecture = architecture_of(model_dir)
+        self.routing_capture = bool(routing_capture)
+        self._routers: list = []
+        self.moe_layers: list[int] = []
+        self.routing_bytes_per_token = 0
+        if self.routing_capture:
+            from .routing_capture import routing_dtype
+
+            self._routers = find_hf_routers(self.model)
+            if not self._routers:
+                raise ValueError(f"rollout.routing_capture=true but {model_dir} has no MoE routers that return "
+                                 "top-k expert indices: routing capture is for MoE models only")
+            config = self.model.config
+            experts = next((getattr(config, a) for a in ("num_local_experts", "num_experts", "n_routed_experts")
+                            if getattr(config, a, None)), None)
+            self.moe_layers = [layer for layer, _ in self._routers]
+            self.routing_top_k = int(getattr(config, "num_experts_per_tok"))
+            self.routing_dtype = routing_dtype(int(experts))
+            self.routing_bytes_per_token = len(self.moe_layers) * self.routing_top_k * self.routing_dtype.itemsize
+            self.route([[self.pad_id] * 2])  # fail now, not after a generation, if the routers do not fit
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSpec, *, progress: bool = False
                  ) -> list[Generation]:
@@ -39,7 +59,54 @@ class HFEngine:
         for start in tqdm(starts, desc="generating (hf)", disable=not progress):
             chunk = [list(p) for p in prompts[start:start + self.batch_size]]
             results.extend(self._generate_chunk(chunk, sampling))
+        if self.routing_capture:
+            self._attach_routing(results)
         return results
+
+    def _attach_routing(self, generations: list[Generation]) -> None:
+        """R3 for the fallback engine: one teacher-forced forward over prompt + response, router hooks on.
+
+        ``generate`` runs with a KV cache and left padding, which makes per-token routing awkward to read
+        off; a separate forward is simple and routes the same tokens (the model is unchanged).
+        """
+        samples = [(gen.prompt_ids, c) for gen in generations for c in gen.completions]
+        for start in range(0, len(samples), self.batch_size):
+            chunk = samples[start:start + self.batch_size]
+            rows = self.route([list(p) + list(c.token_ids) for p, c in chunk])
+            for (prompt, completion), r in zip(chunk, rows):
+                completion.routed_experts = r[:len(prompt) + len(completion.token_ids) - 1]
+
+    def route(self, sequences: Sequence[Sequence[int]]) -> list:
+        """Each sequence's top-k expert ids per token, ``[len(seq), moe_layers, k]`` (one batched forward).
+
+        Right padding: a causal model's real tokens never attend to the padding after them.
+        """
+        torch = self.torch
+        width = max(len(s) for s in sequences)
+        input_ids = torch.tensor([list(s) + [self.pad_id] * (width - len(s)) for s in sequences])
+        attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
+        captured: dict[int, object] = {}
+
+        def hook(slot, module, output):
+            indices = output[-1] if isinstance(output, tuple) else None
+            if indices is None or indices.is_floating_point():
+                # e.g. DeepSeek-style routers return logits only and the MoE block takes the top-k
+                raise ValueError(f"routing_capture: {type(module).__name__} returns no top-k indices")
+            captured[slot] = indices.detach()
+
+        hooks = [router.register_forward_hook(lambda m, a, out, slot=slot: hook(slot, m, out))
+                 for slot, (_, router) in enumerate(self._routers)]
+        try:
+            with torch.no_grad():
+                self.model(input_ids=input_ids, attention_mask=attention, use_cache=False)
+        finally:
+            for handle in hooks:
+                handle.remove()
+        # Routers see the hidden states flattened to [batch * seq, hidden]: indices are [batch * seq, k].
+        ids = torch.stack([captured[slot].reshape(len(sequences), width, -1) for slot in range(len(self._routers))],
+                          dim=2)
+        ids = ids.numpy().astype(self.routing_dtype)
+        return [ids[i, :len(s)] for i, s in enumerate(sequences)]
 
     def _generate_chunk(self, chunk: list[list[int]], sampling: SamplingSpec) -> list[Generation]:
         torch = self.torch
@@ -106,3 +173,19 @@ class HFEngine:
 
     def close(self) -> None:
         del self.model
+
+
+def find_hf_routers(model) -> list:
+    """(layer index, router module) of every MoE router that returns top-k indices, in layer order.
+
+    transformers 5 MoE routers (``MixtralTopKRouter`` at ``model.layers.N.mlp.gate``, ...) return
+    ``(router_logits, weights, indices)``. Found by class name; ``HFEngine.route`` checks the indices.
+    """
+    from .routing_capture import layer_index
+
+    found = []
+    for name, module in model.named_modules():
+        if "router" not in type(module).__name__.lower() or not any(p == "layers" for p in name.split(".")):
+            continue
+        found.append((layer_index(name), module))
+    return sorted(found, key=lambda item: item[0])

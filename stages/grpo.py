@@ -61,9 +61,11 @@ def rl_step(actors, stream: PromptStream, plan: RLPlan, step: int) -> dict[str, 
     t1 = time.perf_counter()
     g = plan.grpo
     if actors.reference is not None:
-        ref_lp = ray.get(actors.reference.batch_logprobs.remote(batch, g.temperature, g.micro_batch_size))
+        ref_lp = ray.get(actors.reference.batch_logprobs.remote(batch, g.temperature, g.micro_batch_size, False,
+                                                                g.routing_replay_reference))
     elif actors.reference_is_trainer:  # LoRA: the trainer with its adapters off
-        ref_lp = ray.get(actors.trainer.batch_logprobs.remote(batch, g.temperature, g.micro_batch_size, True))
+        ref_lp = ray.get(actors.trainer.batch_logprobs.remote(batch, g.temperature, g.micro_batch_size, True,
+                                                              g.routing_replay_reference))
     else:
         ref_lp = None
     t2 = time.perf_counter()

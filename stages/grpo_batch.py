@@ -74,11 +74,12 @@ def collect_rollouts(actors, stream: PromptStream, plan, step: int) -> tuple[lis
 
 def build_batch(generations: Sequence[Generation], scores: Sequence[tuple[float, dict]], plan) -> RolloutBatch:
     """The trainer's hand-over: ids, rollout logprobs, rewards, group-normalised advantages, loss mask."""
-    prompt_ids, response_ids, logprobs, truncated = [], [], [], []
+    prompt_ids, response_ids, logprobs, truncated, routing = [], [], [], [], []
     for gen in generations:
         for comp in gen.completions:
             prompt_ids.append(gen.prompt_ids)
             response_ids.append(comp.token_ids)
+            routing.append(comp.routed_experts)  # R3: [prompt + response - 1, moe_layers, k], or None
             # None, never zeros: a zero would pass for probability 1 and bias the TIS weights.
             logprobs.append(comp.logprobs)
             truncated.append(comp.truncated)
@@ -88,4 +89,5 @@ def build_batch(generations: Sequence[Generation], scores: Sequence[tuple[float,
     return RolloutBatch(prompt_ids=prompt_ids, response_ids=response_ids, group_size=plan.loop.group_size,
                         rollout_logprobs=None if all(lp is None for lp in logprobs) else logprobs,
                         truncated=truncated, rewards=rewards,
-                        advantages=adv.tolist(), loss_mask=loss_mask)
+                        advantages=adv.tolist(), loss_mask=loss_mask,
+                        routed_experts=None if all(r is None for r in routing) else routing)

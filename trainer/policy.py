@@ -19,8 +19,10 @@ from rollout.types import RolloutBatch
 
 from . import losses
 from .devices import autocast_context, default_device
-from .sequences import (PaddedRows, pack_examples, packed_target_logprobs, pad_rows, pad_values, response_logprobs,
-                        shared_prefix_logprobs, unpad)
+from .routing_layout import padded_spans
+from .routing_replay import RoutingReplay, mismatch_fractions
+from .sequences import (PaddedRows, pack_examples, packed_target_logprobs, pad_rows, pad_values, replay_tensor,
+                        response_logprobs, shared_prefix_logprobs, unpad)
 from .settings import GRPOSettings, LoraSettings, TrainerSettings
 
 log = logging.getLogger("r1.trainer")
@@ -43,6 +45,8 @@ class Policy:
             else self.tokenizer.eos_token_id
         # Master weights stay fp32; bf16 happens inside autocast (optimizer states in bf16 lose updates).
         model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).to(self.device)
+        replay = RoutingReplay(model)
+        self.replay = replay if replay.is_moe else None  # R3 hooks; dense models carry none
         if trainable and self.settings.lora is not None:
             model = _with_lora(model, self.settings.lora)
         if trainable and self.settings.gradient_checkpointing:  # never with shared_prefix: TrainerKnobs refuses it
@@ -61,22 +65,38 @@ class Policy:
         return PaddedRows(*(t.to(self.device) for t in (rows.input_ids, rows.attention_mask, rows.position_ids,
                                                          rows.response_ids, rows.response_mask)))
 
-    def _forward(self, prompts, responses, *, temperature=1.0, with_entropy=False):
-        """``(logp, entropy, mask)`` ``[rows, longest response]``; rows sharing a prompt share its forward pass."""
+    def _forward(self, prompts, responses, *, temperature=1.0, with_entropy=False, routing=None):
+        """``(logp, entropy, mask)`` ``[rows, longest response]``; rows sharing a prompt share its forward pass.
+
+        ``routing``: per-row rollout routing (R3) for an MoE model, replayed (or only compared, when
+        ``self.replay.enabled`` is False). It stays set after a plain forward, so the backward's re-run under
+        gradient checkpointing routes the same way; the caller clears it when the backward is done.
+        """
+        if routing is not None and self.replay is None:
+            raise ValueError(f"routing replay: {self.model_dir} has no MoE layers (set rl.routing_replay=false)")
         if self.settings.shared_prefix and len({tuple(p) for p in prompts}) < len(prompts):
             return shared_prefix_logprobs(self.model, prompts, responses, pad_id=self.pad_id,
-                                          temperature=temperature, with_entropy=with_entropy)
+                                          temperature=temperature, with_entropy=with_entropy,
+                                          routing=(self.replay, routing) if routing is not None else None)
         rows = self._rows(prompts, responses)
+        if routing is not None:
+            spans = padded_spans([len(p) for p in prompts], [len(r) for r in responses], max(len(p) for p in prompts))
+            self.replay.set(replay_tensor(self.replay, routing, spans, tuple(rows.input_ids.shape)))
         logp, entropy = response_logprobs(self.model, rows, temperature=temperature, with_entropy=with_entropy)
         return logp, entropy, rows.response_mask
 
+    def _end_replay(self) -> None:
+        if self.replay is not None:
+            self.replay.clear()
+
     @torch.no_grad()
     def logprobs(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], *,
-                 temperature: float = 1.0, micro_batch_size: int = 8, disable_adapter: bool = False
-                 ) -> list[list[float]]:
+                 temperature: float = 1.0, micro_batch_size: int = 8, disable_adapter: bool = False,
+                 routing: Sequence | None = None) -> list[list[float]]:
         """Per-token logprobs of ``responses`` given ``prompts`` (one list per row, unpadded).
 
         ``disable_adapter`` scores with the LoRA base (the reference model of a LoRA run, for free).
+        ``routing``: per-row rollout routing to replay (R3, MoE models).
         """
         was_training = self.model.training
         self.model.eval()
@@ -85,18 +105,23 @@ class Policy:
         try:
             with adapter_off, autocast_context(self.settings.precision, self.device):
                 for start in range(0, len(prompts), micro_batch_size):
-                    logp, _, _ = self._forward(prompts[start:start + micro_batch_size],
-                                               responses[start:start + micro_batch_size], temperature=temperature)
+                    logp, _, _ = self._forward(
+                        prompts[start:start + micro_batch_size], responses[start:start + micro_batch_size],
+                        temperature=temperature,
+                        routing=routing[start:start + micro_batch_size] if routing is not None else None)
                     out += unpad(logp, [len(r) for r in responses[start:start + micro_batch_size]])
         finally:
             self.model.train(was_training)
+            self._end_replay()
         return out
 
     def batch_logprobs(self, batch: RolloutBatch, temperature: float = 1.0, micro_batch_size: int = 8,
-                       disable_adapter: bool = False) -> list[list[float]]:
-        """:meth:`logprobs` of a whole rollout batch (what a reference actor is asked for)."""
+                       disable_adapter: bool = False, replay_routing: bool = False) -> list[list[float]]:
+        """:meth:`logprobs` of a whole rollout batch (what a reference actor is asked for); ``replay_routing``
+        replays the batch's rollout routing (``rl.routing_replay_reference``)."""
+        routing = batch.routed_experts if replay_routing and self.replay is not None else None
         return self.logprobs(batch.prompt_ids, batch.response_ids, temperature=temperature,
-                             micro_batch_size=micro_batch_size, disable_adapter=disable_adapter)
+                             micro_batch_size=micro_batch_size, disable_adapter=disable_adapter, routing=routing)
 
 
 class PolicyTrainer(Policy):
@@ -156,16 +181,20 @@ class PolicyTrainer(Policy):
             rollout_valid = torch.tensor([lp is not None for lp in given], dtype=torch.bool)
             rollout_lp = pad_values([lp or [] for lp in given], width)
         ref_lp = pad_values([ref_logprobs[i] for i in keep], width) if ref_logprobs is not None else None
+        routing = self._grpo_routing(batch, keep, s)
         gradient_free = skippable_rows(adv, s, has_reference=ref_lp is not None)
         old_lp = None
         if s.epochs * s.mini_batches > 1:
             rows = [i for i in range(len(keep)) if i not in gradient_free]
             old_lp = torch.zeros(len(keep), width)
-            if rows:
-                old_lp[rows] = pad_values(self.logprobs([prompts[i] for i in rows], [responses[i] for i in rows],
-                                                        temperature=s.temperature,
-                                                        micro_batch_size=s.micro_batch_size), width)
-        data = _GRPOData(prompts, responses, adv, rollout_lp, rollout_valid, old_lp, ref_lp)
+            if rows:  # the old policy routes as the rollout did too (R3): ratios compare like with like
+                old_lp[rows] = pad_values(self.logprobs(
+                    [prompts[i] for i in rows], [responses[i] for i in rows], temperature=s.temperature,
+                    micro_batch_size=s.micro_batch_size,
+                    routing=[routing[i] for i in rows] if routing is not None else None), width)
+            if self.replay is not None:
+                self.replay.take_counts()  # the update's own forward is what the mismatch metrics measure
+        data = _GRPOData(prompts, responses, adv, rollout_lp, rollout_valid, old_lp, ref_lp, routing)
         sums: dict[str, list[torch.Tensor]] = {}
         order = list(range(len(keep)))
         rng = random.Random(self.settings.seed + self.optimizer_steps)
@@ -177,6 +206,8 @@ class PolicyTrainer(Policy):
                 for k, v in self._grpo_minibatch(mini, data, s, first_pass=epoch == 0, skip=gradient_free,
                                                  with_entropy=not sums).items():
                     sums.setdefault(k, []).append(v)
+            if epoch == 0 and self.replay is not None:  # the mismatch is a property of the rollout: once
+                routing_counts = self.replay.take_counts()
         # The one device-to-host transfer of the step's metrics.
         names = sorted(sums)
         flat = torch.stack([torch.stack(sums[k]).sum().float() for k in names]).tolist() if names else []
@@ -197,7 +228,11 @@ class PolicyTrainer(Policy):
         elif keep:
             # Every row was skipped: the policy's entropy is still what shows a stuck or collapsing run, so
             # measure it without gradients on one micro-batch.
-            out["entropy"] = self._entropy(prompts[:s.micro_batch_size], responses[:s.micro_batch_size], s)
+            out["entropy"] = self._entropy(prompts[:s.micro_batch_size], responses[:s.micro_batch_size], s,
+                                           routing[:s.micro_batch_size] if routing is not None else None)
+        if self.replay is not None:
+            self.replay.take_counts()
+            out.update(mismatch_fractions(routing_counts))
         out.update(rows_trained=float(len(keep) - len(gradient_free)),
                    rows_skipped_zero_advantage=float(len(gradient_free)),
                    rows_masked=float(len(batch) - len(keep)),
@@ -207,11 +242,30 @@ class PolicyTrainer(Policy):
         return out
 
     @torch.no_grad()
-    def _entropy(self, prompts, responses, s: GRPOSettings) -> float:
+    def _entropy(self, prompts, responses, s: GRPOSettings, routing=None) -> float:
         """Entropy of the tempered policy over ``responses``, aggregated as the update's is (no gradient)."""
-        with autocast_context(self.settings.precision, self.device):
-            _, entropy, mask = self._forward(prompts, responses, temperature=s.temperature, with_entropy=True)
+        try:
+            with autocast_context(self.settings.precision, self.device):
+                _, entropy, mask = self._forward(prompts, responses, temperature=s.temperature, with_entropy=True,
+                                                 routing=routing)
+        finally:
+            self._end_replay()
         return float(losses.aggregate(entropy, mask, s.loss_agg, horizon=s.horizon))
+
+    def _grpo_routing(self, batch: RolloutBatch, keep: list[int], s: GRPOSettings) -> list | None:
+        """The kept rows' rollout routing when the forwards should see it: replayed under
+        ``s.routing_replay``, otherwise only compared (the router-mismatch metrics of a run without R3)."""
+        if self.replay is None:
+            if s.routing_replay:
+                raise ValueError(f"rl.routing_replay=true: {self.model_dir} has no MoE layers to replay")
+            return None
+        if batch.routed_experts is None:
+            if s.routing_replay:
+                raise ValueError("rl.routing_replay=true but the rollout batch carries no routed_experts "
+                                 "(start the engine with routing capture: rollout.routing_capture)")
+            return None
+        self.replay.enabled = s.routing_replay
+        return [batch.routed_experts[i] for i in keep]
 
     def _grpo_minibatch(self, mini: list[int], data: "_GRPOData", s: GRPOSettings, *, first_pass: bool,
                         skip: frozenset = frozenset(), with_entropy: bool = True) -> dict[str, torch.Tensor]:
@@ -231,9 +285,10 @@ class PolicyTrainer(Policy):
             # as a metric, the step's first micro-batch is enough.
             entropy_mode = "grad" if s.entropy_coef else (with_entropy and n == 0)
             with autocast_context(self.settings.precision, self.device):
-                logp, entropy, mask = self._forward([data.prompts[i] for i in micro],
-                                                    [data.responses[i] for i in micro],
-                                                    temperature=s.temperature, with_entropy=entropy_mode)
+                logp, entropy, mask = self._forward(
+                    [data.prompts[i] for i in micro], [data.responses[i] for i in micro], temperature=s.temperature,
+                    with_entropy=entropy_mode,
+                    routing=[data.routing[i] for i in micro] if data.routing is not None else None)
             w = mask.shape[1]
             take = lambda t: t[idx, :w].to(self.device) if t is not None else None  # noqa: E731
             old = take(data.old_lp) if data.old_lp is not None else logp.detach()
@@ -244,7 +299,10 @@ class PolicyTrainer(Policy):
                 rollout_valid=data.rollout_valid[idx] if data.rollout_valid is not None else None,
                 tis_cap=s.tis_cap, ref_logp=take(data.ref_lp), kl_coef=s.kl_coef, kl_kind=s.kl_kind,
                 entropy=entropy if s.entropy_coef else None, entropy_coef=s.entropy_coef)
+            if self.replay is not None:
+                self.replay.measuring = False  # a checkpointed backward re-runs the routers: count them once
             loss.backward()
+            self._end_replay()
             if not s.entropy_coef and entropy is not None:
                 # Logged, not trained: the micro-batch's own aggregate, not its share of the mini-batch.
                 terms["entropy"] = losses.aggregate(entropy, mask, s.loss_agg, horizon=s.horizon).detach()
@@ -320,9 +378,11 @@ class PolicyTrainer(Policy):
         numpy, not torch: Ray's object store hands numpy arrays to a reader without a copy. Tied weights
         appear under both names (vLLM and safetensors each want their own tensor).
         """
+        from transformers.core_model_loading import revert_weight_conversion
+
         model = self.model.get_base_model() if self.is_lora else self.model
         deltas = _lora_deltas(model) if self.is_lora else {}
-        out = {}
+        tensors = {}
         for name, tensor in model.state_dict().items():
             if "lora_" in name:
                 continue
@@ -330,7 +390,11 @@ class PolicyTrainer(Policy):
             module = clean.rsplit(".", 1)[0]
             if clean.endswith(".weight") and module in deltas:
                 tensor = tensor + deltas[module]
-            out[clean] = tensor.detach().float().cpu().contiguous().numpy().copy()
+            tensors[clean] = tensor
+        # Checkpoint names, as save_pretrained writes them: MoE experts are fused 3-D parameters in
+        # transformers (``mlp.experts.gate_up_proj``), which vLLM loads only per expert (``experts.0.w1``).
+        tensors = revert_weight_conversion(model, tensors)
+        out = {name: t.detach().float().cpu().contiguous().numpy().copy() for name, t in tensors.items()}
         if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in out:
             embed = model.get_input_embeddings().weight
             out["lm_head.weight"] = embed.detach().float().cpu().numpy().copy()
@@ -378,6 +442,10 @@ class PolicyTrainer(Policy):
                 params[name].data.copy_(value)
         else:
             weights = load_file(str(ckpt_dir / "model" / "model.safetensors"))
+            if self.replay is not None:  # checkpoint names (per-expert) -> the model's fused parameters
+                from transformers import AutoModelForCausalLM
+
+                weights = AutoModelForCausalLM.from_pretrained(ckpt_dir / "model", dtype=torch.float32).state_dict()
             missing, unexpected = self.model.load_state_dict(weights, strict=False)
             missing = [m for m in missing if m != "lm_head.weight"]  # tied to the embeddings
             if missing or unexpected:
@@ -434,6 +502,7 @@ class _GRPOData:
     rollout_valid: torch.Tensor | None  # [rows] bool: the engine returned logprobs for the row
     old_lp: torch.Tensor | None
     ref_lp: torch.Tensor | None
+    routing: list | None = None  # per-row rollout routing (R3), replayed or compared
 
 
 def _length_mask(lengths: list[int]) -> torch.Tensor:

@@ -12,6 +12,8 @@ from typing import Sequence
 
 import torch
 
+from .routing_layout import prompt_pass_spans, response_pass_spans, routing_tensor
+
 
 @dataclass
 class PaddedRows:
@@ -129,7 +131,8 @@ def pad_values(values: Sequence[Sequence[float]], width: int) -> torch.Tensor:
 
 def shared_prefix_logprobs(model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], *,
                            pad_id: int, response_width: int | None = None, temperature: float = 1.0,
-                           with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+                           with_entropy: bool = False, routing=None
+                           ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """:func:`response_logprobs` for rows that share prompts (a GRPO group): each distinct prompt runs once.
 
     Shapes: returns (logp [batch, response_len] fp32, 0 on padding; entropy [batch, response_len] or None;
@@ -151,6 +154,9 @@ def shared_prefix_logprobs(model, prompts: Sequence[Sequence[int]], responses: S
     r_ids, r_mask = tail.response_ids.to(device), tail.response_mask.to(device)
     r = r_ids.shape[1]
     index = torch.tensor(row_prompt, device=device)
+    if routing is not None:
+        routing[0].set(_pass_routing(routing, prompt_pass_spans(
+            [row_prompt.index(u) for u in range(len(unique))], [len(p) for p in unique], p_width), (len(unique), p_width)))
     out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1:, :].index_select(0, index)  # predicts response token 0, per row
     if r > 1:
@@ -159,11 +165,24 @@ def shared_prefix_logprobs(model, prompts: Sequence[Sequence[int]], responses: S
         prompt_len = p_mask.sum(-1).index_select(0, index)
         attention = torch.cat([p_mask.index_select(0, index), r_mask[:, :-1].long()], dim=1)
         positions = prompt_len.unsqueeze(1) + torch.arange(r - 1, device=device).unsqueeze(0)
+        if routing is not None:
+            routing[0].set(_pass_routing(routing, response_pass_spans(
+                [len(p) for p in prompts], [len(x) for x in responses]), (len(responses), r - 1)))
         rest = model(input_ids=r_ids[:, :-1], attention_mask=attention, position_ids=positions,
                      past_key_values=cache, use_cache=True)
         logits = torch.cat([logits, rest.logits], dim=1)
     logp, entropy = token_logprobs(logits, r_ids, temperature, with_entropy)
     return logp * r_mask, entropy, r_mask
+
+
+def replay_tensor(replay, rows, spans, shape) -> torch.Tensor:
+    """The routing tensor ``replay`` (a :class:`trainer.routing_replay.RoutingReplay`) takes for one forward."""
+    return routing_tensor(rows, spans, shape, len(replay.blocks), replay.top_k, replay.num_experts)
+
+
+def _pass_routing(routing, spans, shape) -> torch.Tensor:
+    replay, rows = routing
+    return replay_tensor(replay, rows, spans, shape)
 
 
 @dataclass

@@ -55,6 +55,10 @@ class GRPOLoss(_Settings):
     epochs: int = Field(1, ge=1)
     skip_zero_advantage: bool = Field(True, description="rows with advantage 0 add no gradient (no KL or "
                                       "entropy term): skip their forward/backward; the update is unchanged")
+    routing_replay: bool = Field(False, description="R3 for MoE models: the engine records the experts each token "
+                                 "used and every training forward that scores rollout tokens uses exactly those")
+    routing_replay_reference: bool = Field(False, description="replay the rollout routing in the reference model "
+                                           "too (off: the reference routes itself, as in the R3 paper and verl)")
 
 
 class GRPOSettings(GRPOLoss):

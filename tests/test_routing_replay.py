@@ -1,0 +1,293 @@
+"""Rollout Routing Replay in the trainer: the replayed experts are used, weights follow each family's rule,
+gradients reach the router, and every forward that scores rollout tokens replays."""
+import numpy as np
+import pytest
+import torch
+
+from trainer.routing_layout import Span, padded_spans, routing_tensor
+from trainer.routing_replay import RoutingReplay, mismatch_fractions, moe_blocks, replayed_weights
+
+
+def _tiny(family: str):
+    """A 2-layer model of one MoE family, random weights."""
+    import transformers as tf
+
+    common = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=64)
+    if family == "mixtral":
+        config = tf.MixtralConfig(**common, intermediate_size=48, num_local_experts=4, num_experts_per_tok=2)
+        model = tf.MixtralForCausalLM(config)
+    elif family == "qwen2_moe":
+        config = tf.Qwen2MoeConfig(**common, intermediate_size=48, moe_intermediate_size=24, num_experts=4,
+                                   num_experts_per_tok=2, shared_expert_intermediate_size=48, norm_topk_prob=False)
+        model = tf.Qwen2MoeForCausalLM(config)
+    elif family == "qwen3_moe":
+        config = tf.Qwen3MoeConfig(**common, intermediate_size=48, moe_intermediate_size=24, num_experts=4,
+                                   num_experts_per_tok=2, norm_topk_prob=True, head_dim=8)
+        model = tf.Qwen3MoeForCausalLM(config)
+    else:
+        config = tf.DeepseekV3Config(**{**common, "num_key_value_heads": 4}, intermediate_size=48, moe_intermediate_size=24, n_routed_experts=8,
+                                     num_experts_per_tok=2, n_group=2, topk_group=1, n_shared_experts=1,
+                                     first_k_dense_replace=0, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8,
+                                     qk_nope_head_dim=8, v_head_dim=8, routed_scaling_factor=2.5,
+                                     norm_topk_prob=True)
+        model = tf.DeepseekV3ForCausalLM(config)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for block in moe_blocks(model):
+            block.router.weight.normal_(0, 1.0)
+            if hasattr(block.router, "e_score_correction_bias"):
+                block.router.e_score_correction_bias.normal_(0, 0.1)
+    return model
+
+
+FAMILIES = ["mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3"]
+
+
+def _reference_weights(router, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Written independently of the code under test: each family's gate rule on a given expert set."""
+    if hasattr(router, "e_score_correction_bias"):
+        s = torch.sigmoid(logits.double()).gather(1, ids)
+        return (s / s.sum(-1, keepdim=True) if router.norm_topk_prob else s) * router.routed_scaling_factor
+    e = torch.exp(logits.double() - logits.double().max(-1, keepdim=True).values)
+    if getattr(router, "norm_topk_prob", True):
+        chosen = e.gather(1, ids)
+        return chosen / chosen.sum(-1, keepdim=True)
+    return (e / e.sum(-1, keepdim=True)).gather(1, ids)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_replays_its_own_choice_exactly_and_other_sets_by_its_gate_rule(family):
+    model = _tiny(family)
+    router = moe_blocks(model)[0].router
+    hidden = torch.randn(40, 32)
+    logits, weights, ids = router(hidden)
+    assert torch.allclose(replayed_weights(router, logits, ids).float(), weights.float(), atol=1e-6)
+    experts = router.weight.shape[0]
+    other = torch.stack([torch.randperm(experts)[:router.top_k] for _ in range(40)])
+    got = replayed_weights(router, logits, other)
+    assert torch.allclose(got.double(), _reference_weights(router, logits, other), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_replaying_a_different_routing_changes_the_output_and_the_used_experts(family):
+    model = _tiny(family).eval()
+    replay = RoutingReplay(model)
+    ids = torch.randint(0, 64, (2, 9))
+    plain = model(input_ids=ids).logits
+    own = _own_routing(model, ids)  # [2, 9, layers, k]
+    replay.set(own)
+    same = model(input_ids=ids).logits
+    counts = replay.take_counts()
+    replay.set((own + 1) % replay.num_experts)
+    shifted = model(input_ids=ids).logits
+    shifted_counts = replay.take_counts()
+    replay.clear()
+    assert torch.allclose(same, plain, atol=1e-5)
+    assert (shifted - plain).abs().max() > 1e-3
+    assert counts["routers_differ"] == 0 and counts["routers"] == 2 * 9 * len(replay.blocks)
+    # the experts really used are the replayed ones, not the router's own choice (every router of the first
+    # MoE layer differs from it; later layers see other hidden states, where a few may agree by chance)
+    assert shifted_counts["routers_differ"] == 0
+    assert shifted_counts["routers_differ_unreplayed"] >= counts["routers"] / 2 + 0.8 * counts["routers"] / 2
+
+
+def _own_routing(model, ids) -> torch.Tensor:
+    recorded = []
+    hooks = [b.router.register_forward_hook(lambda m, i, o: recorded.append(o[2])) for b in moe_blocks(model)]
+    with torch.no_grad():
+        model(input_ids=ids)
+    for h in hooks:
+        h.remove()
+    return torch.stack(recorded, dim=1).reshape(ids.shape[0], ids.shape[1], len(recorded), -1)
+
+
+def test_comparing_without_replaying_measures_the_mismatch_and_changes_nothing():
+    model = _tiny("mixtral").eval()
+    replay = RoutingReplay(model)
+    ids = torch.randint(0, 64, (3, 7))
+    plain = model(input_ids=ids).logits
+    own = _own_routing(model, ids)
+    flipped = own.clone()
+    flipped[0, 2, 1] = (own[0, 2, 1] + 1) % 4  # one router of one token, in the second MoE layer
+    flipped[0, 2, 1, 1] = (flipped[0, 2, 1, 0] + 1) % 4  # keep the two ids distinct
+    replay.enabled = False
+    replay.set(flipped)
+    out = model(input_ids=ids).logits
+    fractions = mismatch_fractions(replay.take_counts())
+    replay.clear()
+    assert torch.equal(out, plain)
+    assert fractions["router_mismatch"] == pytest.approx(1 / (3 * 7 * 2))
+    assert fractions["token_mismatch"] == pytest.approx(1 / (3 * 7))
+
+
+def test_unknown_rows_route_themselves_and_never_duplicate_experts():
+    model = _tiny("mixtral").eval()
+    replay = RoutingReplay(model)
+    ids = torch.randint(0, 64, (1, 5))
+    plain = model(input_ids=ids).logits
+    replay.set(torch.full((1, 5, 2, 2), -1))
+    out = model(input_ids=ids).logits
+    assert torch.allclose(out, plain, atol=1e-6)
+    assert replay.take_counts()["routers"] == 0
+
+
+def test_routing_tensor_places_rows_marks_unknowns_and_refuses_bad_rollout_routing():
+    a = np.arange(2 * 3 * 2, dtype=np.uint8).reshape(2, 3, 2) % 4
+    a[1, 0] = 255  # the engine's "unknown" marker
+    t = routing_tensor([a, None], [Span(0, 0, 0, 2, 1), Span(1, 1, 0, 3, 0)], (2, 4), 3, 2, 4)
+    assert t.shape == (2, 4, 3, 2)
+    assert (t[0, 0] == -1).all() and (t[0, 3] == -1).all() and (t[1] == -1).all()
+    assert torch.equal(t[0, 1], torch.from_numpy(a[0].astype(np.int64)))
+    assert (t[0, 2, 0] == -1).all() and torch.equal(t[0, 2, 1:], torch.from_numpy(a[1, 1:].astype(np.int64)))
+    b = np.zeros((1, 1, 2), dtype=np.uint8)
+    b[0, 0] = [255, 3]  # one id equal to the marker is not a marker row (256 experts: 255 is an id)
+    assert routing_tensor([b], [Span(0, 0, 0, 1, 0)], (1, 1), 1, 2, 256)[0, 0, 0].tolist() == [255, 3]
+    with pytest.raises(ValueError, match=r"routed_experts\[0\]: shape"):
+        routing_tensor([a[:, :2]], [Span(0, 0, 0, 2, 0)], (1, 4), 3, 2, 4)
+    with pytest.raises(ValueError, match="expert id 7"):
+        routing_tensor([np.full((2, 3, 2), 7, dtype=np.uint8)], [Span(0, 0, 0, 2, 0)], (1, 4), 3, 2, 4)
+    assert padded_spans([2, 3], [4, 1], 3) == [Span(0, 0, 0, 6, 1), Span(1, 1, 0, 4, 0)]
+
+
+# ---- the policy trainer on an upcycled Mixtral ---------------------------------------------------------------
+
+def _rows_routing(policy, prompts, responses, shift: int = 0) -> list[np.ndarray]:
+    """Each row's own routing as an engine would report it ([p + r - 1, layers, k] uint8), shifted by ``shift``."""
+    out = []
+    for p, r in zip(prompts, responses):
+        own = _own_routing(policy.model, torch.tensor([list(p) + list(r)]))[0, :-1]
+        out.append(((own + shift) % policy.replay.num_experts).numpy().astype(np.uint8))
+    return out
+
+
+PROMPTS = [[1, 5, 9, 14], [1, 5, 9, 14], [1, 7, 3]]
+RESPONSES = [[21, 22, 23], [21, 30], [40, 41, 42, 43]]
+
+
+@pytest.fixture()
+def moe_policy(tiny_moe_dir):
+    from trainer.policy import PolicyTrainer
+    from trainer.settings import TrainerSettings
+
+    return PolicyTrainer(tiny_moe_dir, TrainerSettings(precision="fp32", shared_prefix=False))
+
+
+def test_every_scoring_path_replays_the_same_way(moe_policy):
+    """Padded path, shared-prefix path (prompt pass + response pass): the same logprobs under one routing."""
+    own = _rows_routing(moe_policy, PROMPTS, RESPONSES)
+    shifted = _rows_routing(moe_policy, PROMPTS, RESPONSES, shift=1)
+    plain = moe_policy.logprobs(PROMPTS, RESPONSES)
+    replay_own = moe_policy.logprobs(PROMPTS, RESPONSES, routing=own)
+    padded = moe_policy.logprobs(PROMPTS, RESPONSES, routing=shifted)
+    moe_policy.settings.shared_prefix = True
+    shared = moe_policy.logprobs(PROMPTS, RESPONSES, routing=shifted)
+    shared_plain = moe_policy.logprobs(PROMPTS, RESPONSES)
+    flat = lambda rows: np.concatenate([np.array(r) for r in rows])  # noqa: E731
+    assert np.allclose(flat(replay_own), flat(plain), atol=1e-5)
+    assert np.abs(flat(padded) - flat(plain)).max() > 1e-3  # replaying other experts changes the logprobs
+    assert np.allclose(flat(shared), flat(padded), atol=1e-4)
+    assert np.allclose(flat(shared_plain), flat(plain), atol=1e-4)
+
+
+def _router_grads(policy, routing, checkpointing: bool) -> torch.Tensor:
+    if checkpointing:
+        policy.model.gradient_checkpointing_enable()
+    policy.model.train()
+    policy.model.zero_grad(set_to_none=True)
+    logp, _, mask = policy._forward(PROMPTS[1:], RESPONSES[1:], routing=routing[1:])
+    (logp * mask).sum().backward()
+    policy._end_replay()
+    grads = torch.cat([b.router.weight.grad.flatten() for b in policy.replay.blocks])
+    policy.model.gradient_checkpointing_disable()
+    return grads
+
+
+def test_router_gets_gradients_under_replay_and_checkpointed_backward_replays_too(moe_policy):
+    shifted = _rows_routing(moe_policy, PROMPTS, RESPONSES, shift=1)
+    plain = _router_grads(moe_policy, shifted, checkpointing=False)
+    checkpointed = _router_grads(moe_policy, shifted, checkpointing=True)
+    assert plain.abs().sum() > 0
+    assert torch.allclose(checkpointed, plain, atol=1e-6, rtol=1e-4)
+
+
+def test_grpo_update_replays_and_reports_router_mismatch(moe_policy):
+    from rollout.types import RolloutBatch
+
+    shifted = _rows_routing(moe_policy, PROMPTS, RESPONSES, shift=1)
+    batch = RolloutBatch(prompt_ids=PROMPTS, response_ids=RESPONSES, group_size=1, rewards=[1.0, 0.0, 1.0],
+                         advantages=[1.0, -1.0, 0.5], routed_experts=shifted)
+    settings = dict(mini_batches=2, micro_batch_size=2, routing_replay=True)
+    with_r3 = moe_policy.train_grpo(batch, settings)
+    without = moe_policy.train_grpo(batch, {**settings, "routing_replay": False})
+    assert with_r3["router_mismatch"] == 0.0 and with_r3["routers_replayed_fraction"] == 1.0
+    assert with_r3["router_mismatch_unreplayed"] > 0.5
+    assert without["router_mismatch"] > 0.5 and without["routers_replayed_fraction"] == 0.0
+    assert without["token_mismatch"] >= without["router_mismatch"]
+
+
+def test_routing_replay_on_a_dense_model_fails_in_one_line(tiny_model_dir):
+    from rollout.types import RolloutBatch
+    from trainer.policy import PolicyTrainer
+
+    trainer = PolicyTrainer(tiny_model_dir)
+    batch = RolloutBatch(prompt_ids=[[1, 2]], response_ids=[[3]], group_size=1, rewards=[1.0], advantages=[1.0])
+    with pytest.raises(ValueError, match="no MoE layers"):
+        trainer.train_grpo(batch, {"routing_replay": True})
+
+
+def test_moe_weights_leave_under_the_names_vllm_loads_and_checkpoints_round_trip(moe_policy, tmp_path):
+    state = moe_policy.inference_state_dict()
+    assert "model.layers.0.block_sparse_moe.experts.3.w1.weight" in state
+    assert not any("gate_up_proj" in k for k in state)
+    moe_policy.save_checkpoint(tmp_path / "ckpt")
+    before = {k: v.clone() for k, v in moe_policy.model.state_dict().items()}
+    with torch.no_grad():
+        for p in moe_policy.model.parameters():
+            p.add_(1.0)
+    moe_policy.load_checkpoint(tmp_path / "ckpt")
+    after = moe_policy.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# ---- the MoE model that runs here ----------------------------------------------------------------------------
+
+def test_upcycled_copies_reproduce_the_dense_model_and_noise_sets_experts_apart(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.moe_model import expert_spread
+
+    exact = upcycle_dir(tiny_model_dir, tmp_path / "exact", noise=0.0)
+    noisy = upcycle_dir(tiny_model_dir, tmp_path / "noisy", noise=0.05)
+    ids = torch.randint(0, 1000, (2, 12))
+    dense = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    moe = AutoModelForCausalLM.from_pretrained(exact).eval()
+    with torch.no_grad():
+        assert torch.allclose(moe(input_ids=ids).logits, dense(input_ids=ids).logits, atol=1e-5)
+    assert moe.config.model_type == "mixtral" and moe.config.num_local_experts == 4
+    assert expert_spread(moe) == 0.0
+    assert 0.01 < expert_spread(AutoModelForCausalLM.from_pretrained(noisy)) < 0.1
+    # routers are not all zero (zero logits would tie every expert)
+    assert all(b.router.weight.abs().sum() > 0 for b in moe_blocks(moe))
+
+
+def upcycle_dir(dense, out, noise):
+    from trainer.moe_upcycle import upcycle
+
+    return upcycle(dense, out, experts=4, top_k=2, noise=noise)
+
+
+def test_engine_swap_refuses_another_expert_count(tiny_moe_dir, tiny_model_dir, tmp_path):
+    from rollout.architecture import architecture_of, check_same_architecture
+    from trainer.moe_upcycle import upcycle
+
+    other = upcycle(tiny_model_dir, tmp_path / "eight", experts=8, top_k=2)
+    with pytest.raises(ValueError, match="num_local_experts"):
+        check_same_architecture(architecture_of(tiny_moe_dir), other)
+
+
+def test_upcycle_refuses_bad_shapes(tiny_model_dir, tmp_path):
+    from trainer.moe_upcycle import upcycle
+
+    with pytest.raises(ValueError, match="top_k=5"):
+        upcycle(tiny_model_dir, tmp_path / "x", experts=4, top_k=5)
