@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides.insert(0, args.model)
             args.model = None
         cfg = load_config(args.config, args.overrides)
-        if args.command != "prepare-model":
+        if args.command not in ("prepare-model", "config", "make-data"):  # the commands that load the model
             _prepare_if_needed(cfg)
         if args.command in COMMANDS:
             return COMMANDS[args.command](cfg, args)
@@ -167,6 +167,10 @@ def _r3_check(cfg, args) -> int:
         r = result[name]
         print(f"{name:>10}: router mismatch {r['router_mismatch']:.4f}, token mismatch {r['token_mismatch']:.4f}, "
               f"k3 {r['k3']:.2e}, |dlogp| > ln2 {r['frac_over_ln2']:.4f}")
+    k3 = result["k3_paired"]
+    print(f"k3 with - without R3, paired over {k3['rows']} rows: {k3['mean_row_diff_with_minus_without']:+.2e} "
+          f"(standard error {k3['standard_error'] or float('nan'):.1e}); replaying other experts moves logprobs by "
+          f"{result['routing_sensitivity']['mean_abs_dlogp_other_experts']:.3f} on average")
     print(f"routing bytes per token {result['routing_bytes_per_token']}, "
           f"R3 overhead {100 * result['overhead_fraction']:.1f}% of generation + update time")
     return 0

@@ -85,6 +85,13 @@ def run_r3_check(cfg: RecipeConfig, *, model: str | None = None, out: str | None
         result[name] = {**_routing_fractions(policy.replay.take_counts()),
                         **_logprob_gap(train_lp, rollout_lp)}
         row_k3[name] = _row_k3(train_lp, rollout_lp)
+    # How much routing matters for this model: replay other experts ((id + 1) mod E, a deliberate change) and
+    # compare with the replay of the real routing. Near 0 would mean the experts are still alike.
+    policy.replay.enabled = True
+    shifted = [_shift(r, policy.replay.num_experts) for r in routing]
+    moved = policy.logprobs(p_ids, r_ids, temperature=sampling.temperature, routing=shifted, micro_batch_size=micro)
+    policy.replay.take_counts()
+    result["routing_sensitivity"] = {"mean_abs_dlogp_other_experts": _logprob_gap(moved, train_lp)["abs_diff"]}
     # Paired over the same rollouts: the k3 change per row, its mean and standard error (rows as the unit).
     diffs = [w - wo for w, wo in zip(row_k3["with_r3"], row_k3["without_r3"]) if w is not None and wo is not None]
     result["k3_paired"] = {"mean_row_diff_with_minus_without": fmean(diffs),
@@ -124,6 +131,16 @@ def _routing_fractions(counts: dict[str, float]) -> dict[str, float]:
     return {"router_mismatch": fr.get("router_mismatch", 0.0), "token_mismatch": fr.get("token_mismatch", 0.0),
             "router_mismatch_unreplayed": fr.get("router_mismatch_unreplayed", 0.0),
             "routers_compared": counts.get("routers", 0.0)}
+
+
+def _shift(rows, experts: int):
+    """Every known expert id moved to the next one (mod ``experts``): a routing that differs everywhere."""
+    import numpy as np
+
+    if rows is None:
+        return None
+    unknown = (rows == np.iinfo(rows.dtype).max).all(axis=-1, keepdims=True)
+    return np.where(unknown, rows, (rows.astype(np.int64) + 1) % experts).astype(rows.dtype)
 
 
 def _row_k3(train_lp: list[list[float]], rollout_lp: list[list[float] | None]) -> list[float | None]:

@@ -291,3 +291,19 @@ def test_upcycle_refuses_bad_shapes(tiny_model_dir, tmp_path):
 
     with pytest.raises(ValueError, match="top_k=5"):
         upcycle(tiny_model_dir, tmp_path / "x", experts=4, top_k=5)
+
+
+def test_old_logprobs_are_recomputed_under_the_same_replayed_routing(tiny_moe_dir):
+    """Two mini-batches: the old policy's logprobs are recomputed before the update. With a negligible
+    learning rate the ratio new/old is 1 only if that recompute replayed the rollout's experts too."""
+    from rollout.types import RolloutBatch
+    from trainer.policy import PolicyTrainer
+    from trainer.settings import OptimSettings, TrainerSettings
+
+    trainer = PolicyTrainer(tiny_moe_dir, TrainerSettings(precision="fp32", shared_prefix=False,
+                                                          optim=OptimSettings(lr=1e-12)))
+    shifted = _rows_routing(trainer, PROMPTS, RESPONSES, shift=1)
+    batch = RolloutBatch(prompt_ids=PROMPTS, response_ids=RESPONSES, group_size=1, rewards=[1.0, 0.0, 1.0],
+                         advantages=[1.0, -1.0, 0.5], routed_experts=shifted)
+    out = trainer.train_grpo(batch, {"mini_batches": 2, "micro_batch_size": 2, "routing_replay": True})
+    assert out["ratio_mean"] == pytest.approx(1.0, abs=1e-5) and out["approx_kl"] == pytest.approx(0.0, abs=1e-8)

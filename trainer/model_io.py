@@ -123,7 +123,8 @@ def resolve_model(spec: str, *, cache: Path | None = None) -> str:
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
         return spec  # a hub id; transformers/vLLM fetch it where a hub is reachable
     raise ValueError(
-        f"model '{spec}': not an alias ({', '.join([*EMBEDDED_MODELS, *PREPARED_MODELS])}), an existing HF model dir, "
+        f"model '{spec}': not an embedded alias ({', '.join(EMBEDDED_MODELS)}) or a prepared one "
+        f"({', '.join(PREPARED_MODELS)}), an existing HF model dir, "
         "or a hub id of the form org/name"
     )
 
