@@ -50,8 +50,13 @@ def plot(arms: dict[str, list[dict]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for ax, (key, title) in zip(axes, panels):
         for label, rows in arms.items():
-            steps = [r["step"] for r in rows if key in r]
-            ax.plot(steps, [r[key] for r in rows if key in r], marker="o", label=label)
+            steps = [r["step"] for r in rows if r.get(key) is not None]
+            ax.plot(steps, [r[key] for r in rows if r.get(key) is not None], marker="o", label=label)
+        if key == "r3/router_mismatch" and "R3 on" in arms:  # what the replayed run's own routers would pick
+            rows = [r for r in arms["R3 on"] if r.get("r3/router_mismatch_unreplayed") is not None]
+            ax.plot([r["step"] for r in rows], [r["r3/router_mismatch_unreplayed"] for r in rows], ls="--",
+                    color="tab:orange", label="R3 on: training router's own choice")
+            ax.legend(fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)
@@ -66,7 +71,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", default="configs/quickstart-moe.yaml")
     parser.add_argument("--out", default="docs/r3")
+    parser.add_argument("--replot", action="store_true", help="only redraw the PNG from <out>/r3_grpo.json")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads((ROOT / args.out / "r3_grpo.json").read_text())["per_step"], ROOT / args.out / "r3_grpo.png")
+        return 0
     arms = {"R3 off": run_arm(False, args), "R3 on": run_arm(True, args)}
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
