@@ -78,16 +78,14 @@ def run_r3_check(cfg: RecipeConfig, *, model: str | None = None, out: str | None
     micro = cfg.trainer.micro_batch_size
     result, row_k3 = {}, {}
     for name, replay in (("without_r3", False), ("with_r3", True)):
-        policy.replay.enabled = replay
         policy.replay.take_counts()
         train_lp = policy.logprobs(p_ids, r_ids, temperature=sampling.temperature, routing=routing,
-                                   micro_batch_size=micro)
+                                   micro_batch_size=micro, replay=replay)
         result[name] = {**_routing_fractions(policy.replay.take_counts()),
                         **_logprob_gap(train_lp, rollout_lp)}
         row_k3[name] = _row_k3(train_lp, rollout_lp)
     # How much routing matters for this model: replay other experts ((id + 1) mod E, a deliberate change) and
     # compare with the replay of the real routing. Near 0 would mean the experts are still alike.
-    policy.replay.enabled = True
     shifted = [_shift(r, policy.replay.num_experts) for r in routing]
     moved = policy.logprobs(p_ids, r_ids, temperature=sampling.temperature, routing=shifted, micro_batch_size=micro)
     policy.replay.take_counts()

@@ -307,3 +307,17 @@ def test_old_logprobs_are_recomputed_under_the_same_replayed_routing(tiny_moe_di
                          advantages=[1.0, -1.0, 0.5], routed_experts=shifted)
     out = trainer.train_grpo(batch, {"mini_batches": 2, "micro_batch_size": 2, "routing_replay": True})
     assert out["ratio_mean"] == pytest.approx(1.0, abs=1e-5) and out["approx_kl"] == pytest.approx(0.0, abs=1e-8)
+
+
+def test_a_reference_pass_replays_even_after_a_compare_only_update(moe_policy):
+    """``batch_logprobs(replay_routing=True)`` (the reference with rl.routing_replay_reference) replays whatever
+    the last update did: a run without R3 leaves the hooks comparing, and that must not leak."""
+    from rollout.types import RolloutBatch
+
+    shifted = _rows_routing(moe_policy, PROMPTS, RESPONSES, shift=1)
+    batch = RolloutBatch(prompt_ids=PROMPTS, response_ids=RESPONSES, group_size=1, rewards=[1.0, 0.0, 1.0],
+                         advantages=[1.0, -1.0, 0.5], routed_experts=shifted)
+    moe_policy.train_grpo(batch, {"routing_replay": False})
+    plain = np.concatenate([np.array(r) for r in moe_policy.batch_logprobs(batch)])
+    replayed = np.concatenate([np.array(r) for r in moe_policy.batch_logprobs(batch, replay_routing=True)])
+    assert np.abs(replayed - plain).max() > 1e-3

@@ -92,12 +92,15 @@ class Policy:
     @torch.no_grad()
     def logprobs(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], *,
                  temperature: float = 1.0, micro_batch_size: int = 8, disable_adapter: bool = False,
-                 routing: Sequence | None = None) -> list[list[float]]:
+                 routing: Sequence | None = None, replay: bool = True) -> list[list[float]]:
         """Per-token logprobs of ``responses`` given ``prompts`` (one list per row, unpadded).
 
         ``disable_adapter`` scores with the LoRA base (the reference model of a LoRA run, for free).
-        ``routing``: per-row rollout routing to replay (R3, MoE models).
+        ``routing``: per-row rollout routing (R3, MoE models), replayed, or with ``replay=False`` only compared
+        with the model's own routing (the mismatch counts of ``self.replay``).
         """
+        if routing is not None and self.replay is not None:
+            self.replay.enabled = replay
         was_training = self.model.training
         self.model.eval()
         adapter_off = self.model.disable_adapter() if disable_adapter and self.is_lora else contextlib.nullcontext()
@@ -191,7 +194,8 @@ class PolicyTrainer(Policy):
                 old_lp[rows] = pad_values(self.logprobs(
                     [prompts[i] for i in rows], [responses[i] for i in rows], temperature=s.temperature,
                     micro_batch_size=s.micro_batch_size,
-                    routing=[routing[i] for i in rows] if routing is not None else None), width)
+                    routing=[routing[i] for i in rows] if routing is not None else None,
+                    replay=s.routing_replay), width)
             if self.replay is not None:
                 self.replay.take_counts()  # the update's own forward is what the mismatch metrics measure
         data = _GRPOData(prompts, responses, adv, rollout_lp, rollout_valid, old_lp, ref_lp, routing)
