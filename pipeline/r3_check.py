@@ -137,20 +137,21 @@ def _shift(rows, experts: int):
 
     if rows is None:
         return None
-    unknown = (rows == np.iinfo(rows.dtype).max).all(axis=-1, keepdims=True)
+    from rollout.routing_capture import sentinel_of
+
+    unknown = (rows == sentinel_of(rows.dtype)).all(axis=-1, keepdims=True)
     return np.where(unknown, rows, (rows.astype(np.int64) + 1) % experts).astype(rows.dtype)
 
 
 def _row_k3(train_lp: list[list[float]], rollout_lp: list[list[float] | None]) -> list[float | None]:
-    """Each row's mean k3 KL(rollout || train) per token (None for a row without engine logprobs)."""
-    out = []
-    for t, r in zip(train_lp, rollout_lp):
-        if r is None or not t:
-            out.append(None)
-            continue
-        # k3 with samples from the rollout policy: ratio - 1 - log ratio, ratio = p_train / p_rollout
-        out.append(fmean(math.exp(a - b) - 1 - (a - b) for a, b in zip(t, r)))
-    return out
+    """Each row's mean k3 KL(rollout || train) per token (None for a row without engine logprobs), the same
+    estimator as the ``k3`` of :func:`trainer.losses.logprob_mismatch`."""
+    import torch
+
+    from trainer.losses import kl_penalty
+
+    return [float(kl_penalty(torch.tensor(r), torch.tensor(t), "k3").mean()) if r is not None and t else None
+            for t, r in zip(train_lp, rollout_lp)]
 
 
 def _logprob_gap(train_lp: list[list[float]], rollout_lp: list[list[float] | None]) -> dict[str, float]:

@@ -11,6 +11,15 @@ _SHAPE_KEYS = ("model_type", "architectures", "vocab_size", "hidden_size", "inte
                "num_local_experts", "num_experts", "n_routed_experts", "num_experts_per_tok", "moe_intermediate_size")
 
 
+_EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")  # Mixtral, Qwen-MoE, DeepSeek
+
+
+def expert_count(config) -> int | None:
+    """The routed-expert count of an HF config (object or dict), None for a dense model."""
+    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key, None)
+    return next((int(get(k)) for k in _EXPERT_COUNT_KEYS if get(k)), None)
+
+
 def architecture_of(model_dir: str) -> dict:
     """The weight-shape part of a model dir's ``config.json`` ({} when there is none, e.g. a hub id)."""
     path = Path(model_dir) / "config.json"

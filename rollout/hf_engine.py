@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .architecture import architecture_of, check_same_architecture, read_weights
+from .architecture import architecture_of, check_same_architecture, expert_count, read_weights
 from .types import Completion, Generation, SamplingSpec
 
 
@@ -39,8 +39,7 @@ class HFEngine:
                 raise ValueError(f"rollout.routing_capture=true but {model_dir} has no MoE routers that return "
                                  "top-k expert indices: routing capture is for MoE models only")
             config = self.model.config
-            experts = next((getattr(config, a) for a in ("num_local_experts", "num_experts", "n_routed_experts")
-                            if getattr(config, a, None)), None)
+            experts = expert_count(config)
             self.moe_layers = [layer for layer, _ in self._routers]
             self.routing_top_k = int(getattr(config, "num_experts_per_tok"))
             self.routing_dtype = routing_dtype(int(experts))

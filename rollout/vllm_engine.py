@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .architecture import architecture_of, check_same_architecture, read_weights
+from .architecture import architecture_of, check_same_architecture, expert_count, read_weights
 from .types import Completion, Generation, SamplingSpec
 
 
@@ -55,7 +55,7 @@ class VLLMEngine:
         self.routing_dtype = None
         self.routing_bytes_per_token = 0
         self.routing_rows_unknown = 0  # rows returned as the sentinel because the engine gave none for them
-        self.is_moe = any(self.architecture.get(k) for k in ("num_local_experts", "num_experts", "n_routed_experts"))
+        self.is_moe = expert_count(self.architecture) is not None
         if on_cpu:  # routing capture, and the MoE experts' reload after a weight sync (cpu_moe_weights.py)
             extra["worker_extension_cls"] = "rollout.worker_extension.WorkerExtension"
         if self.routing_capture:
@@ -101,8 +101,7 @@ class VLLMEngine:
 
         config = AutoConfig.from_pretrained(model_dir)
         config = getattr(config, "text_config", None) or config
-        experts = next((getattr(config, a) for a in ("num_local_experts", "num_experts", "n_routed_experts")
-                        if getattr(config, a, None)), None)
+        experts = expert_count(config)
         top_k = getattr(config, "num_experts_per_tok", None) or getattr(config, "moe_topk", None)
         if not experts or not top_k:
             raise ValueError(f"rollout.routing_capture=true but {model_dir} is not a MoE model (its config "

@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from rollout.routing_capture import sentinel_of
+
 
 @dataclass(frozen=True)
 class Span:
@@ -42,7 +44,7 @@ def routing_tensor(sources: Sequence[np.ndarray | None], spans: Sequence[Span], 
                              f"[tokens, {layers}, {top_k}] (MoE layers, top-k) of the training model")
         rows = src[span.start:span.start + span.count].astype(np.int64)
         # A whole router row of the dtype's maximum is "unknown" (with exactly 256 experts, 255 alone is an id).
-        marker = np.iinfo(src.dtype).max if np.issubdtype(src.dtype, np.integer) else -1
+        marker = sentinel_of(src.dtype) if np.issubdtype(src.dtype, np.integer) else -1
         rows[(rows == marker).all(axis=-1) | (rows < 0).any(axis=-1)] = -1
         if (rows >= num_experts).any():
             raise ValueError(f"routed_experts[{span.source}]: expert id {int(rows.max())} >= the model's "
