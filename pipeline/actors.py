@@ -47,6 +47,25 @@ class RolloutWorker:
     def load_model(self, model_dir: str) -> float:
         return self.engine.load_model(model_dir)
 
+    def join_weight_group(self, host: str, port: int, first_rank: int, world_size: int, backend: str,
+                          timeout_s: float):
+        """Join the trainer's weight-sync group (``cluster.weight_sync: broadcast``)."""
+        return self._engine_method("join_weight_group")(host, port, first_rank, world_size, backend, timeout_s)
+
+    def receive_weights(self, specs: list, dtype: str) -> float:
+        """Load one broadcast of the trainer's weights; returns seconds taken."""
+        return self._engine_method("receive_weights")(specs, dtype)
+
+    def sleep(self) -> bool:
+        """Free the engine's GPU memory for a colocated trainer (False where the engine cannot)."""
+        return bool(getattr(self.engine, "sleep", lambda: False)())
+
+    def _engine_method(self, name: str):
+        if not hasattr(self.engine, name):
+            raise ValueError(f"{type(self.engine).__name__} has no {name} (cluster.weight_sync=broadcast needs "
+                             "rollout.engine=vllm on GPU, or hf)")
+        return getattr(self.engine, name)
+
     def set_routing_capture(self, on: bool) -> int:
         """Pause / resume R3 routing capture (vLLM engines); returns the routing bytes per token."""
         if not hasattr(self.engine, "set_routing_capture"):
@@ -92,16 +111,17 @@ class RewardWorker:
 
 
 class RemoteEngine:
-    """The engine interface (``generate``) over a rollout actor handle, so evaluation and sampling code runs
-    unchanged in the driver while the engine lives in its actor."""
+    """The engine interface (``generate``) over a rollout pool or a bare rollout actor handle, so evaluation and
+    sampling code runs unchanged in the driver while the engines live in their actors."""
 
     def __init__(self, handle) -> None:
+        from stages.rollout_pool import as_pool
+
         self.handle = handle
+        self.pool = as_pool(handle)
 
     def generate(self, prompts, sampling, *, progress: bool = False):
-        import ray
-
-        return ray.get(self.handle.generate.remote(prompts, sampling, progress))
+        return self.pool.generate(prompts, sampling, progress)
 
 
 # The allocators an actor can preload: the file their Debian/RPM packages install, and the Debian package.

@@ -64,6 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     r3.add_argument("--model", help="model dir or alias (default: config model.name)")
     r3.add_argument("--out", help="output dir (default: runs/<name>/r3_check)")
 
+    sm = sub.add_parser("submit", help="run a recipe command (run, a stage, eval, ...) as a Ray job on a cluster: "
+                                       "prints the job id and the run dir, then follows the logs")
+    sm.add_argument("-c", "--config", help="recipe YAML inside the project (it travels in the job's working dir)")
+    sm.add_argument("--address", help="the head's dashboard, http://HEAD:8265 (default: $RAY_ADDRESS, else local)")
+    sm.add_argument("--no-follow", action="store_true", help="return after submitting; `r1 jobs logs ID` follows")
+    sm.add_argument("job", nargs=argparse.REMAINDER, metavar="COMMAND [ARGS] [key.sub=value ...]",
+                    help="what the job runs: run, a stage command, eval, ... with its arguments and overrides")
+
+    jb = sub.add_parser("jobs", help="Ray jobs on a cluster: list, status ID, logs ID [--follow], stop ID")
+    jb.add_argument("action", choices=("list", "status", "logs", "stop"))
+    jb.add_argument("job_id", nargs="?")
+    jb.add_argument("--address", help="the head's dashboard, http://HEAD:8265 (default: $RAY_ADDRESS, else local)")
+    jb.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
+
     rep = sub.add_parser("report", help="Markdown + PNG report of a recipe run (table, curves, eval by stage)")
     rep.add_argument("run_dir", help="runs/<name>")
     rep.add_argument("--out", help="output dir (default: <run_dir>/report)")
@@ -75,21 +89,59 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("R1_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     args = build_parser().parse_args(argv)
+    from .recipe import forget_failed_stage
+
+    forget_failed_stage()
     try:
         if args.command == "report":
             return _report(args)
+        if args.command == "jobs":
+            from .submit import jobs
+
+            return jobs(args.action, args.job_id, address=args.address, follow=args.follow)
+        if args.command == "submit":
+            return _submit(args)
         if args.command == "prepare-model" and args.model and "=" in args.model:  # an override, not an alias
             args.overrides.insert(0, args.model)
             args.model = None
         cfg = load_config(args.config, args.overrides)
         if args.command not in ("prepare-model", "config", "make-data"):  # the commands that load the model
+            log.info("run dir: %s", cfg.run_dir())
             _prepare_if_needed(cfg)
         if args.command in COMMANDS:
             return COMMANDS[args.command](cfg, args)
         return _stage(cfg, args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"r1: error: {exc}", file=sys.stderr)
+        log.debug("the error's traceback (R1_LOG_LEVEL=DEBUG)", exc_info=True)
+        print(f"r1: error{_where()}: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # anything else keeps its traceback, after the one line a job report shows
+        print(f"r1: error{_where()}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+              file=sys.stderr)
+        raise
+    finally:
+        from .placement import release_placement
+
+        release_placement()
+
+
+def _where() -> str:
+    """`` in stage NAME`` while a stage runs (what a failed job's report names), else nothing."""
+    from .recipe import running_stage
+
+    return f" in stage {running_stage()}" if running_stage() else ""
+
+
+def _submit(args) -> int:
+    """`r1 submit`: the job's command and overrides are checked here, against the same config, first."""
+    from .recipe import STAGES
+    from .submit import SubmitError, is_override, submit
+
+    commands = ("run", "eval", "make-data", "prepare-model", "r3-check", *(s.command for s in STAGES if s.help))
+    if not args.job or args.job[0] not in commands:
+        raise SubmitError(f"r1 submit: give the command the job runs, one of {', '.join(commands)}")
+    cfg = load_config(args.config, [a for a in args.job[1:] if is_override(a)])
+    return submit(cfg, args.job, args.config, address=args.address, follow=not args.no_follow)
 
 
 def _config(cfg, args) -> int:
@@ -141,10 +193,12 @@ def _eval(cfg, args) -> int:
 
 def _stage(cfg, args) -> int:
     """`r1 <stage>`: run one stage of the recipe's table; print where its result went."""
-    from .recipe import STAGES
+    from .recipe import STAGES, stage_running
 
     stage = next(s for s in STAGES if s.command == args.command)
-    _print_summary(stage.run(cfg, out=args.out))
+    with stage_running(stage.name):
+        summary = stage.run(cfg, out=args.out)
+    _print_summary(summary)
     return 0
 
 

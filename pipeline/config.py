@@ -196,6 +196,21 @@ class ResourceSpec(_Strict):
 
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources, e.g. "
+                                        "{rollout_node: 1} to pin the role to nodes started with that resource")
+
+
+class JobConfig(_Strict):
+    """What `r1 submit` sends along with a Ray job (its runtime env) and which Python runs it."""
+
+    environment: Literal["existing", "pyproject"] = Field(
+        "existing", description="existing: the nodes already have the project's environment (`make setup` at the "
+        "same path; the entrypoint runs job.python); pyproject: Ray builds a pip env from pyproject.toml per node")
+    python: str | None = Field(None, description="interpreter of the project's environment on the nodes (default: "
+                               "the submitting interpreter's path, i.e. the same layout on every node)")
+    env_vars: dict[str, str] = Field(default_factory=dict, description="extra environment of the job and its actors")
+    pip: list[str] = Field(default_factory=list, description="extra pip requirements (environment: pyproject)")
+    excludes: list[str] = Field(default_factory=list, description="more working-dir paths to leave out")
 
 
 class ClusterConfig(_Strict):
@@ -211,9 +226,39 @@ class ClusterConfig(_Strict):
     reference: ResourceSpec = Field(default_factory=lambda: ResourceSpec(num_cpus=0.5))
     reward: ResourceSpec = Field(default_factory=lambda: ResourceSpec(num_cpus=0.5))
     reward_workers: int = Field(1, ge=1)
+    rollout_engines: int = Field(1, ge=1, description="data-parallel rollout engines (M): prompt groups are "
+                                 "balanced over them, every one gets each weight sync")
+    trainer_workers: int = Field(1, ge=1, description="trainer actors (N) in one torch.distributed group: "
+                                 "gloo on CPU, NCCL on GPU; the global batch is split over them")
+    trainer_parallel: Literal["replicate", "fsdp"] = Field(
+        "replicate", description="replicate: each worker holds the whole model, gradients are all-reduced; fsdp: "
+        "FSDP2 (fully_shard) shards parameters, gradients and optimizer state over the workers")
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="placement-group strategy of each role's bundles (one bundle per actor)")
+    colocate: list[Literal["rollout", "trainer", "reference"]] = Field(
+        default_factory=list, description="roles that share bundles (the same GPUs, time-shared): bundle i holds "
+        "trainer worker i, rollout engine i and reference i; [] places each role in its own placement group")
+    weight_sync: Literal["auto", "object_store", "broadcast"] = Field(
+        "auto", description="trainer -> engines after each update: object_store (fp32 arrays via Ray's object "
+        "store; CPU), broadcast (NCCL broadcast in the engines' dtype; GPU), auto: broadcast on GPU engines")
+    timeout_s: float = Field(3600.0, gt=0, description="longest wait for one actor call (and for a collective of "
+                             "the trainer group) before the run stops with a message naming the actor and call")
+    max_restarts: int = Field(3, ge=0, description="times a dead rollout, reward or reference actor is replaced "
+                              "(its in-flight call retried; a rollout engine re-synced first) before the run fails")
+    faults: list[str] = Field(default_factory=list, description="fault injection for tests: 'ROLE:METHOD:CALL:"
+                              "kill|hang' (also $R1_FAULTS, comma-separated)")
+    job: JobConfig = Field(default_factory=JobConfig)
     allocator: Literal["auto", "tcmalloc", "jemalloc", "system"] = Field(
         "auto", description="memory allocator preloaded into the model actors (auto: tcmalloc when installed; "
         "make setup installs it)")
+
+    @field_validator("faults")
+    @classmethod
+    def _fault_syntax(cls, faults: list[str]) -> list[str]:
+        from .faults import parse_faults
+
+        parse_faults(faults)  # a malformed fault fails here, in one line that says what is wrong with it
+        return faults
 
     @field_validator("allocator")
     @classmethod
@@ -386,6 +431,15 @@ class RecipeConfig(_Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
+    def _engine_fits_its_gpus(self) -> "RecipeConfig":
+        # A tensor-parallel engine runs its shards in its actor's own GPUs: it must be given exactly that many.
+        gpus, tp = self.cluster.rollout.num_gpus, self.rollout.tensor_parallel_size
+        if gpus >= 1 and tp != gpus:
+            raise ValueError(f"rollout.tensor_parallel_size={tp} with cluster.rollout.num_gpus={gpus:g}: a rollout "
+                             "engine's actor holds the GPUs its tensor-parallel shards run on; make them equal")
+        return self
+
+    @model_validator(mode="after")
     def _rl_sampling(self) -> "RecipeConfig":
         for name in ("rl", "general_rl"):
             section = getattr(self, name)
@@ -406,7 +460,28 @@ class RecipeConfig(_Strict):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def run_dir(self) -> Path:
-        return Path(self.run.output_dir) / self.run.name
+        """``run.output_dir/run.name`` as an absolute path (see :func:`durable_dir`)."""
+        return durable_dir(self.run.output_dir) / self.run.name
+
+
+# Where Ray unpacks a job's working dir: a temporary copy, deleted after the job.
+RAY_WORKING_DIR_COPY = "runtime_resources/working_dir_files"
+
+
+def durable_dir(output_dir: str, cwd: Path | None = None, environ=None) -> Path:
+    """``output_dir`` made absolute. Relative to the working directory, except inside a Ray job's temporary
+    working-dir copy (``ray job submit --working-dir``), where it would be lost with the copy: there it is
+    relative to ``$R1_RUNS_ROOT`` (default ``~/r1-recipe``). `r1 submit` passes an absolute one."""
+    import os
+
+    path = Path(output_dir).expanduser()
+    if path.is_absolute():
+        return path
+    cwd = cwd or Path.cwd()
+    if RAY_WORKING_DIR_COPY in str(cwd):
+        environ = os.environ if environ is None else environ
+        return Path(environ.get("R1_RUNS_ROOT", "~/r1-recipe")).expanduser() / path
+    return cwd / path
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -14,11 +14,14 @@ log = logging.getLogger("r1.eval")
 
 def engine_options(cfg: RecipeConfig) -> dict:
     """The engine constructor options a config implies (shared by eval and rollout actors)."""
+    from .placement import colocated_on_gpus
+
     r = cfg.rollout
     return {"dtype": r.dtype, "gpu_memory_utilization": r.gpu_memory_utilization,
             "max_model_len": r.max_model_len, "max_num_seqs": r.max_num_seqs, "seed": cfg.run.seed,
             "enforce_eager": r.enforce_eager, "tensor_parallel_size": r.tensor_parallel_size,
-            "kv_cache_gb": r.kv_cache_gb, "routing_capture": routing_capture(cfg)}
+            "kv_cache_gb": r.kv_cache_gb, "routing_capture": routing_capture(cfg),
+            "sleep_mode": colocated_on_gpus(cfg)}
 
 
 def routing_capture(cfg: RecipeConfig) -> bool:

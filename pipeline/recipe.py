@@ -9,6 +9,7 @@ stale checkpoint never leaks into a different run).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -97,6 +98,36 @@ STAGES: tuple[Stage, ...] = (
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
+_running: list[str] = []  # the stages this process is running now (a stack: a stage may evaluate inside itself)
+_failed: list[str] = []  # the innermost stage that ended by an error, for the error line printed after it
+
+
+def running_stage() -> str | None:
+    """The stage this process is running, or the one that just failed: for error lines (a failed Ray job's
+    report names it)."""
+    return _running[-1] if _running else (_failed[0] if _failed else None)
+
+
+def forget_failed_stage() -> None:
+    """Start a new command with no failed stage on record."""
+    _failed.clear()
+
+
+@contextlib.contextmanager
+def stage_running(name: str):
+    """Mark ``name`` as the running stage for the duration of the block; if it fails, remember it for the
+    error line (the innermost stage is the one named)."""
+    _running.append(name)
+    try:
+        yield
+    except BaseException:
+        if not _failed:
+            _failed.append(name)
+        raise
+    finally:
+        _running.pop()
+
+
 def _with(cfg: RecipeConfig, dotted: str, value) -> RecipeConfig:
     from .config import apply_override, validate
 
@@ -183,7 +214,7 @@ def run_recipe(cfg: RecipeConfig, *, start: str | None = None, until: str | None
             # The runner evaluates every stage on the recipe's whole held-out split; the stage's own eval
             # would repeat it on a part of it.
             stage_cfg = _with(cfg, stage.own_eval, False) if stage.own_eval else cfg
-            with PeakMemory() as mem:
+            with PeakMemory() as mem, stage_running(stage.name):
                 summary = stage.run(stage_cfg)
                 if stage.has_model and cfg.recipe.eval_each_stage:
                     summary["eval"] = evaluate_stage(cfg, stage.name, summary["model"])
@@ -207,11 +238,11 @@ def evaluate_stage(cfg: RecipeConfig, stage: str, model: str) -> dict:
     from .data import recipe_test_split
     from .evaluation import run_eval
 
-    handle = start_rollout(cfg, model)  # an actor: on a cluster the eval runs where the GPUs are
+    pool = start_rollout(cfg, model)  # engine actors: on a cluster the eval runs where the GPUs are
     try:
         metrics, table = run_eval(cfg, model=model, out=str(cfg.run_dir() / stage / "eval"), label=stage,
-                                  samples=recipe_test_split(cfg, stage), engine=RemoteEngine(handle))
+                                  samples=recipe_test_split(cfg, stage), engine=RemoteEngine(pool))
     finally:
-        release_rollout(handle)
+        release_rollout(pool)
     print(f"\n[{stage}]\n{table}")
     return manifest_summary(metrics)

@@ -87,7 +87,8 @@ def run_grpo(cfg: RecipeConfig, job: GRPOJob, *, out: str | None = None) -> dict
     from tasks.prompting import template_prefills_think
     from trainer.model_io import resolve_model
 
-    from .cluster import build_rl_actors
+    from .cluster import build_rl_actors, fault_dir
+    from .faults import FaultInjector, configured_faults
     from .memory import PeakMemory
     from .tracking import MetricsLogger
 
@@ -101,6 +102,7 @@ def run_grpo(cfg: RecipeConfig, job: GRPOJob, *, out: str | None = None) -> dict
         prefilled = template_prefills_think(tokenizer, cfg.data.system_prompt)
     plan = build_plan(cfg, tokenizer, out_dir, prefilled_think=prefilled, job=job)
     plan.extra_manifest["init_model"] = model_dir
+    plan.faults = FaultInjector("driver", configured_faults(cfg.cluster), fault_dir(cfg)) or None
     r = job.section
     log.info("starting actors for %s (%d train prompts, %d held-out)", model_dir, len(plan.train), len(plan.test))
     actors = build_rl_actors(cfg, model_dir, section=r, rewards=job.rewards, tasks=job.tasks, prefilled_think=prefilled,

@@ -50,14 +50,21 @@ class HFEngine:
                  ) -> list[Generation]:
         from tqdm.auto import tqdm
 
-        torch = self.torch
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
+        """``sampling.n`` samples per prompt. With ``sampling.seed`` each prompt group is generated on its own,
+        from torch's RNG seeded by (seed, prompt ids): a prompt's samples then depend on neither its batch mates
+        nor the engine that serves it (M engines sample what one would), at the cost of batching across prompts
+        (the same prompt twice in one call gets the same samples twice). Without a seed, prompts are batched
+        ``batch_size`` at a time."""
         results: list[Generation] = []
-        starts = range(0, len(prompts), self.batch_size)
-        for start in tqdm(starts, desc="generating (hf)", disable=not progress):
-            chunk = [list(p) for p in prompts[start:start + self.batch_size]]
-            results.extend(self._generate_chunk(chunk, sampling))
+        if sampling.seed is not None:
+            for prompt in tqdm(prompts, desc="generating (hf)", disable=not progress):
+                self.torch.manual_seed(group_seed(sampling.seed, prompt))
+                results.extend(self._generate_chunk([list(prompt)], sampling))
+        else:
+            starts = range(0, len(prompts), self.batch_size)
+            for start in tqdm(starts, desc="generating (hf)", disable=not progress):
+                chunk = [list(p) for p in prompts[start:start + self.batch_size]]
+                results.extend(self._generate_chunk(chunk, sampling))
         if self.routing_capture:
             self._attach_routing(results)
         return results
@@ -165,6 +172,23 @@ class HFEngine:
                 own[name].copy_(tensor.to(own[name].dtype))
         return time.perf_counter() - started
 
+    def join_weight_group(self, host: str, port: int, first_rank: int, world_size: int, backend: str = "gloo",
+                          timeout_s: float = 600.0) -> list[int]:
+        """Join the trainer's weight-sync group as rank ``first_rank`` (one process: one rank)."""
+        from .weight_broadcast import WeightGroup
+
+        self.weight_group = WeightGroup(host, port, first_rank, world_size, backend=backend, timeout_s=timeout_s)
+        return [first_rank]
+
+    def receive_weights(self, specs: list, dtype: str) -> float:
+        """Load one broadcast of the trainer's weights (:meth:`join_weight_group` first); returns seconds."""
+        import time
+
+        started = time.perf_counter()
+        received = self.weight_group.receive([(n, tuple(s)) for n, s in specs], getattr(self.torch, dtype))
+        self.update_weights(dict(received))
+        return time.perf_counter() - started
+
     def load_model(self, model_dir: str) -> float:
         """Swap in another model dir of the same architecture; returns seconds taken."""
         check_same_architecture(self.architecture, model_dir)
@@ -172,6 +196,15 @@ class HFEngine:
 
     def close(self) -> None:
         del self.model
+
+
+def group_seed(seed: int, prompt_ids: Sequence[int]) -> int:
+    """A 63-bit seed for one prompt group: a stable hash of the call's seed and the prompt's token ids (not
+    Python's ``hash``, which differs between processes)."""
+    import hashlib
+
+    digest = hashlib.blake2b(repr((int(seed), [int(t) for t in prompt_ids])).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 def find_hf_routers(model) -> list:

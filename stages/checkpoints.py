@@ -9,7 +9,10 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+
+from .rollout_pool import as_pool
+from .supervision import DEFAULT_TIMEOUT_S, wait
 
 log = logging.getLogger("r1.checkpoints")
 
@@ -31,37 +34,39 @@ def latest_checkpoint(out_dir: Path) -> tuple[Path, dict] | None:
     return ckpt, json.loads(state_file.read_text())
 
 
-def resume(trainer, out_dir: Path, logger, what: str, *, rollout=None) -> tuple[int, dict]:
+def resume(trainer, out_dir: Path, logger, what: str, *, rollout=None, sync: Callable[[], Any] | None = None,
+           timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[int, dict]:
     """The one resume path of the SFT and RL loops: load the newest checkpoint under ``out_dir`` into the
-    trainer actor (and its weights into ``rollout``, when the loop generates), drop the metric lines after
-    its step; returns ``(step, state)``, ``(0, {})`` when there is none (the caller decides what a fresh
-    start keeps)."""
-    import ray
-
+    trainer actor (and its weights into ``rollout``, a rollout pool or actor, when the loop generates), drop
+    the metric lines after its step; returns ``(step, state)``, ``(0, {})`` when there is none (the caller
+    decides what a fresh start keeps). ``sync``: how the loop syncs weights into its engines (instead of
+    ``rollout``). Each actor call waits at most ``timeout_s``."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     resumed = latest_checkpoint(out_dir)
     if resumed is None:
         return 0, {}
     ckpt, state = resumed
-    ray.get(trainer.load_checkpoint.remote(str(ckpt)))
-    if rollout is not None:  # the engine started from the stage's initial model; give it the resumed weights
-        ray.get(rollout.update_weights.remote(trainer.inference_state_dict.remote()))
+    wait(trainer.load_checkpoint.remote(str(ckpt)), "trainer", "load_checkpoint", timeout_s)
+    # The engines started from the stage's initial model: give them the resumed weights.
+    if sync is not None:
+        sync()
+    elif rollout is not None:
+        as_pool(rollout).update_weights(trainer.inference_state_dict.remote())
     dropped = logger.truncate_after(state["step"])
     log.info("resumed %s from %s (step %d; %d later metric lines dropped)", what, ckpt, state["step"], dropped)
     return state["step"], state
 
 
-def save_step(trainer, out_dir: Path, step: int, state: Mapping[str, Any], keep: int) -> Path:
+def save_step(trainer, out_dir: Path, step: int, state: Mapping[str, Any], keep: int, *,
+              timeout_s: float = DEFAULT_TIMEOUT_S) -> Path:
     """Save the trainer actor's state plus ``{"step": step, **state}``; keep the newest ``keep`` checkpoints."""
-    import ray
-
     root = checkpoint_root(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:05d}"
     tmp = root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    ray.get(trainer.save_checkpoint.remote(str(tmp)))
-    (tmp / "state.json").write_text(json.dumps({"step": step, **state}))
+    # The trainer writes the checkpoint, state.json included; the driver only commits it (rename, pointer).
+    wait(trainer.save_checkpoint.remote(str(tmp), {"step": step, **state}), "trainer", "save_checkpoint", timeout_s)
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)

@@ -1,7 +1,7 @@
 """GRPO, the loop of every RL stage (reasoning RL, general RL, the RL-only student), written against Ray actor
 handles, so the same code runs on a laptop (local Ray) and on a cluster:
 
-    collect (rollout actor) -> score (reward workers) -> advantages -> update (trainer) -> sync weights
+    collect (rollout engines) -> score (reward workers) -> advantages -> update (trainer) -> sync weights
     -> eval / checkpoint -> next step
 
 Artifacts under ``plan.out_dir``: ``metrics.jsonl``, ``tensorboard/``, ``eval/step_NNNNN/``,
@@ -48,31 +48,33 @@ class RLPlan:
     stage: str = "reasoning_rl"
     out_dir: Path = Path("runs/rl")
     extra_manifest: dict = field(default_factory=dict)
+    faults: Any = None  # a driver-side pipeline.faults.FaultInjector (tests of resume), or None
 
 
 def rl_step(actors, stream: PromptStream, plan: RLPlan, step: int) -> dict[str, float]:
-    """One GRPO step end to end; returns its metrics line (with seconds per phase)."""
-    import ray
-
+    """One GRPO step end to end; returns its metrics line (with seconds per phase). Every actor call waits at
+    most ``actors.timeout_s``; dead engines, reward workers and the reference are replaced inside the calls."""
     started = time.perf_counter()
     _, gens, scores, stats = collect_rollouts(actors, stream, plan, step)
+    if actors.sleep_engines:  # colocated on the trainer's GPUs: give them back until the weight sync
+        actors.rollout.sleep()
     t0 = time.perf_counter()
     batch = build_batch(gens, scores, plan)
     t1 = time.perf_counter()
     g = plan.grpo
     if actors.reference is not None:
-        ref_lp = ray.get(actors.reference.batch_logprobs.remote(batch, g.temperature, g.micro_batch_size, False,
-                                                                g.routing_replay_reference))
+        ref_lp = actors.reference.call("batch_logprobs", batch, g.temperature, g.micro_batch_size, False,
+                                       g.routing_replay_reference)
     elif actors.reference_is_trainer:  # LoRA: the trainer with its adapters off
-        ref_lp = ray.get(actors.trainer.batch_logprobs.remote(batch, g.temperature, g.micro_batch_size, True,
-                                                              g.routing_replay_reference))
+        ref_lp = actors.call_trainer("batch_logprobs", batch, g.temperature, g.micro_batch_size, True,
+                                     g.routing_replay_reference)
     else:
         ref_lp = None
     t2 = time.perf_counter()
-    train = ray.get(actors.trainer.train_grpo.remote(batch, g, ref_lp))
+    train = actors.call_trainer("train_grpo", batch, g, ref_lp)
     t3 = time.perf_counter()
-    # The weights travel trainer -> object store -> rollout actor, never through this driver.
-    sync_load = ray.get(actors.rollout.update_weights.remote(actors.trainer.inference_state_dict.remote()))
+    # The weights travel trainer -> object store -> every rollout engine, never through this driver.
+    sync_load = actors.sync_weights()
     t4 = time.perf_counter()
     if train.get("rows_without_rollout_logprobs"):
         log.warning("step %d: %d rows came back without rollout logprobs (TIS weight 1, no mismatch metric)",
@@ -90,14 +92,41 @@ def held_out_eval(actors, plan: RLPlan, step: int) -> dict[str, float]:
     return headline(metrics, prefix="eval/")
 
 
+def _resume(actors, plan: RLPlan, logger, stream: PromptStream) -> int:
+    """Load the newest checkpoint (if any) into the trainer and the engines, and the data position into the
+    stream; returns the step to continue after."""
+    start, state = resume(actors.trainer, plan.out_dir, logger, plan.stage, sync=actors.sync_weights,
+                          timeout_s=actors.timeout_s)
+    stream.position = state.get("data_position", 0)
+    return start
+
+
+def _restart_trainer(actors, plan: RLPlan, logger, stream: PromptStream, error: Exception) -> int:
+    """After the trainer died: a new trainer, resumed from the last checkpoint (or from the start, the engines
+    given its initial weights back); the lines of the steps to redo are dropped. Returns the step to
+    continue after."""
+    log.warning("the trainer died (%s); resuming from the last checkpoint", str(error).splitlines()[0])
+    actors.restart_trainer()
+    start = _resume(actors, plan, logger, stream)
+    if start == 0:  # no checkpoint yet: the engines may hold weights of a step that is now redone
+        actors.sync_weights()
+        logger.truncate_after(0)
+    return start
+
+
 def grpo_loop(actors, plan: RLPlan, logger, *, on_step: Callable[[int, dict], None] | None = None) -> dict:
-    """Run (or resume, from the newest checkpoint in ``plan.out_dir``) the GRPO loop; returns the manifest."""
-    import ray
+    """Run (or resume, from the newest checkpoint in ``plan.out_dir``) the GRPO loop; returns the manifest.
+
+    A trainer that dies (a crash, a lost node) is replaced and the loop resumes from the last checkpoint, so
+    no step is lost or recorded twice; the other actors are replaced inside their calls (see
+    :mod:`stages.supervision`)."""
+    from ray.exceptions import RayActorError
     from tqdm.auto import tqdm
 
+    from .supervision import TrainerDied
+
     stream = PromptStream(plan.train, seed=plan.seed)
-    start, state = resume(actors.trainer, plan.out_dir, logger, plan.stage, rollout=actors.rollout)
-    stream.position = state.get("data_position", 0)
+    start = _resume(actors, plan, logger, stream)
     if start == 0:
         # A fresh start keeps only a finished step-0 eval from an earlier attempt, never its later lines.
         have_eval0 = (plan.out_dir / "eval" / "step_00000" / "eval.json").exists() and any(
@@ -108,27 +137,39 @@ def grpo_loop(actors, plan: RLPlan, logger, *, on_step: Callable[[int, dict], No
     knobs = plan.loop
     bar = tqdm(total=knobs.steps, initial=start, desc=plan.stage.replace("_", " "), unit="step")
     last_eval, checkpoint_seconds = None, 0.0
-    for step in range(start + 1, knobs.steps + 1):
-        metrics = rl_step(actors, stream, plan, step)
-        t0 = time.perf_counter()
-        if knobs.eval_every and step % knobs.eval_every == 0 or (step == knobs.steps and knobs.eval_at_ends):
-            last_eval = held_out_eval(actors, plan, step)
-            metrics.update(last_eval)
-        # The previous step's checkpoint save: the line is written before this step's save, so a kill in
-        # between leaves a line that the resumed run replaces, never a saved step without its line.
-        metrics.update({"time/eval": time.perf_counter() - t0, "time/checkpoint": checkpoint_seconds})
-        if on_step is not None:  # the caller may add its own figures (memory) before the line is written
-            on_step(step, metrics)
-        logger.log(step, metrics)
-        t1 = time.perf_counter()
-        if step % knobs.save_every == 0 or step == knobs.steps:
-            save_step(actors.trainer, plan.out_dir, step, {"data_position": stream.position}, knobs.keep_checkpoints)
-        checkpoint_seconds = time.perf_counter() - t1
+    step = start + 1
+    while step <= knobs.steps:
+        if plan.faults:
+            plan.faults.check("step", count=step)  # fault injection: the driver itself dies or hangs here
+        try:
+            metrics = rl_step(actors, stream, plan, step)
+            t0 = time.perf_counter()
+            if knobs.eval_every and step % knobs.eval_every == 0 or (step == knobs.steps and knobs.eval_at_ends):
+                last_eval = held_out_eval(actors, plan, step)
+                metrics.update(last_eval)
+            # The previous step's checkpoint save: the line is written before this step's save, so a kill in
+            # between leaves a line that the resumed run replaces, never a saved step without its line.
+            metrics.update({"time/eval": time.perf_counter() - t0, "time/checkpoint": checkpoint_seconds})
+            if on_step is not None:  # the caller may add its own figures (memory) before the line is written
+                on_step(step, metrics)
+            logger.log(step, metrics)
+            t1 = time.perf_counter()
+            if step % knobs.save_every == 0 or step == knobs.steps:
+                save_step(actors.trainer, plan.out_dir, step, {"data_position": stream.position},
+                          knobs.keep_checkpoints, timeout_s=actors.timeout_s)
+            checkpoint_seconds = time.perf_counter() - t1
+        except (RayActorError, TrainerDied) as exc:  # the other roles are replaced in their calls: only the
+            # trainer's end is here
+            step = _restart_trainer(actors, plan, logger, stream, exc) + 1
+            bar.n = step - 1
+            bar.refresh()
+            continue
+        step += 1
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics.get('accuracy', float('nan')):.2f}",
                         fmt=f"{metrics.get('format_rate', float('nan')):.2f}", s=f"{metrics['time/step']:.0f}")
     bar.close()
-    model_dir = ray.get(actors.trainer.save_pretrained.remote(str(plan.out_dir / "model")))
+    model_dir = actors.call_trainer("save_pretrained", str(plan.out_dir / "model"))
     summary = {"stage": plan.stage, "steps": knobs.steps, "model": model_dir, "final_eval": last_eval,
                "complete": True, **plan.extra_manifest}
     write_manifest(plan.out_dir, summary)

@@ -1,6 +1,6 @@
 """The data half of a GRPO step: generate groups, score them on the reward workers, build the trainer's batch.
 
-    prompt ids -> rollout actor (n per prompt) -> reward workers -> advantages, loss mask -> RolloutBatch
+    prompt ids -> rollout engines (n per prompt) -> reward workers -> advantages, loss mask -> RolloutBatch
 """
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from rollout.types import Generation, RolloutBatch, SamplingSpec
 from trainer.losses import grpo_advantages
 
 from .prompt_stream import PromptStream
+from .step_metrics import engine_metrics
 
 
 def score_groups(actors, samples: Sequence[Mapping], generations: Sequence[Generation]) -> list[tuple[float, dict]]:
     """Rewards for every completion, spread over the reward workers; in prompt-major order."""
-    import ray
+    from .supervision import as_group
 
     texts, rows = [], []
     for sample, gen in zip(samples, generations):
@@ -28,9 +29,9 @@ def score_groups(actors, samples: Sequence[Mapping], generations: Sequence[Gener
             rows.append({**fields, "completion_tokens": len(comp.token_ids)})
     # Worker k scores completions k, k + n, k + 2n, ...: a group's costly rows (a reward model's prompts,
     # long code) spread over every worker instead of landing on one contiguous chunk's worker.
-    workers = actors.rewards[:len(texts)] or actors.rewards
-    n = len(workers)
-    chunks = ray.get([w.score.remote(texts[k::n], rows[k::n]) for k, w in enumerate(workers)])
+    workers = as_group(actors.rewards, "reward worker")  # a dead worker is replaced and its chunk rescored
+    n = min(len(workers), len(texts)) or 1
+    chunks, _ = workers.map("score", [(texts[k::n], rows[k::n]) for k in range(n)])
     return [chunks[i % n][i // n] for i in range(len(texts))]
 
 
@@ -38,17 +39,20 @@ def collect_rollouts(actors, stream: PromptStream, plan, step: int) -> tuple[lis
     """Generate and score ``plan.loop.prompts_per_step`` groups; with dynamic sampling, drop groups whose rewards
     are all equal (no learning signal) and refill from the stream, up to ``plan.loop.max_refill_rounds`` extra
     rounds. Samples carry their rendered ``prompt_ids`` (the pipeline renders them once)."""
-    import ray
+    from .rollout_pool import as_pool
 
+    rollout = as_pool(actors.rollout)
     kept_samples, kept_gens, kept_scores = [], [], []
-    stats, timings = Counter(), Counter()
+    stats, timings, engines = Counter(), Counter(), [Counter() for _ in range(len(rollout))]
     rounds, need = 0, plan.loop.prompts_per_step
     while need > 0:
         samples = stream.take(need)
         sampling = SamplingSpec(**{**plan.sampling.__dict__, "seed": plan.seed + step * 1000 + rounds})
         t0 = time.perf_counter()
-        gens = ray.get(actors.rollout.generate.remote([s["prompt_ids"] for s in samples], sampling, False))
+        gens = rollout.generate([s["prompt_ids"] for s in samples], sampling)
         t1 = time.perf_counter()
+        for total, last in zip(engines, rollout.last_engine_stats):  # summed over refill rounds
+            total.update(last)
         scores = score_groups(actors, samples, gens)
         timings["generate"] += t1 - t0
         timings["reward"] += time.perf_counter() - t1
@@ -69,6 +73,7 @@ def collect_rollouts(actors, stream: PromptStream, plan, step: int) -> tuple[lis
         if not plan.loop.dynamic_sampling:
             break
     stats["refill_rounds"] = rounds - 1
+    stats = {**stats, **engine_metrics([dict(e) for e in engines])}
     return kept_samples, kept_gens, kept_scores, {**stats, **{f"time/{k}": v for k, v in timings.items()}}
 
 

@@ -37,6 +37,26 @@ def reward_metrics(scores: Sequence[tuple[float, dict]], batch: RolloutBatch) ->
     return out
 
 
+def engine_metrics(per_engine: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """How evenly a step's generation spread over the rollout engines, from each engine's ``prompts``,
+    ``generated_tokens`` and ``seconds``: ``rollout/engine_balance`` is the busiest engine's generated tokens
+    over the mean (1.0: even; M: one engine did everything), ``rollout/engine_time_balance`` the same for
+    seconds (what the step waits for)."""
+    if not per_engine:
+        return {}
+
+    def ratio(key: str) -> float:
+        values = [float(e.get(key, 0.0)) for e in per_engine]
+        mean = statistics.fmean(values)
+        return max(values) / mean if mean > 0 else 1.0
+
+    prompts = [e.get("prompts", 0) for e in per_engine]
+    return {"rollout/engines": len(per_engine), "rollout/engine_balance": ratio("generated_tokens"),
+            "rollout/engine_time_balance": ratio("seconds"), "rollout/engine_prompts_max": max(prompts),
+            "rollout/engine_prompts_min": min(prompts),
+            "rollout/engine_seconds_max": max(float(e.get("seconds", 0.0)) for e in per_engine)}
+
+
 def step_metrics(scores: Sequence[tuple[float, dict]], batch: RolloutBatch, rollout_stats: Mapping[str, float],
                  train: Mapping[str, float], seconds: Mapping[str, float], data_epoch: float) -> dict[str, float]:
     """The whole line of one step: :func:`reward_metrics`, the rollout counters, the trainer's figures

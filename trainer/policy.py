@@ -17,7 +17,7 @@ import torch
 
 from rollout.types import RolloutBatch
 
-from . import losses
+from . import distributed, losses
 from .devices import autocast_context, default_device
 from .routing_layout import padded_spans
 from .routing_replay import RoutingReplay, mismatch_fractions
@@ -128,16 +128,95 @@ class Policy:
 
 
 class PolicyTrainer(Policy):
-    """The policy being optimised: AdamW, GRPO updates on rollout batches, SFT updates, weight export."""
+    """The policy being optimised: AdamW, GRPO updates on rollout batches, SFT updates, weight export.
+
+    Alone by default; :meth:`join_group` makes it rank ``rank`` of ``world_size`` workers that split each
+    batch's rows and sum their gradients (``replicate``) or also shard the model (``fsdp``, FSDP2).
+    """
+
+    rank = 0
+    world_size = 1
+    parallel = "replicate"
 
     def __init__(self, model_dir: str, settings: TrainerSettings | None = None) -> None:
         super().__init__(model_dir, settings, trainable=True)
+        self._build_optimizer()
+        self.optimizer_steps = 0
+
+    def _build_optimizer(self) -> None:
         o = self.settings.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                            weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.optimizer_steps = 0
+
+    # ---- the trainer group --------------------------------------------------------------------------------
+
+    def node_address(self) -> tuple[str, int]:
+        """``(ip, free port)`` of this worker's node: rank 0 hosts the group's rendezvous there."""
+        return distributed.node_address()
+
+    def join_group(self, init_method: str, rank: int, world_size: int, parallel: str = "replicate",
+                   timeout_s: float = 3600.0, backend: str | None = None) -> int:
+        """Become rank ``rank`` of ``world_size`` trainer workers (all of them call this at once, before
+        any training). ``parallel``: ``replicate`` (whole model on each, gradients all-reduced) or ``fsdp``
+        (FSDP2 shards of every decoder layer and the rest). ``backend``: default from the device."""
+        if parallel not in ("replicate", "fsdp"):
+            raise ValueError(f"parallel={parallel!r}: expected 'replicate' or 'fsdp'")
+        if self.optimizer_steps:
+            raise RuntimeError("join_group after training: the workers would start from different states")
+        distributed.init_group(init_method, rank, world_size, backend or distributed.backend_for(self.device),
+                               timeout_s)
+        self.rank, self.world_size, self.parallel = rank, world_size, parallel
+        if parallel == "fsdp" and world_size > 1:
+            self._shard()
+        return rank
+
+    def _shard(self) -> None:
+        """FSDP2: shard each decoder layer and the root over the group, and rebuild the optimizer on the shards."""
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        if self.is_lora:
+            raise NotImplementedError("trainer.lora with cluster.trainer_parallel=fsdp: use replicate (the "
+                                      "adapters are small; the merged-weight export is not written for shards)")
+        # Under FSDP every rank must call the model the same number of times (each call gathers the shards).
+        # The shared-prefix forward makes one call or two depending on the rows, so it is off here.
+        self.settings = self.settings.model_copy(update={"shared_prefix": False})
+        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        layers = set(getattr(self.model, "_no_split_modules", None) or [])
+        for module in list(self.model.modules()):
+            if type(module).__name__ in layers:
+                fully_shard(module, mesh=mesh)
+        fully_shard(self.model, mesh=mesh)
+        for module in self.model.modules():
+            if isinstance(module, FSDPModule):
+                # Sum, not average: each rank's loss already carries the global denominator. Plain SUM
+                # collectives (gloo has no pre-multiplied sum, which a divide factor would otherwise use).
+                module.set_gradient_divide_factor(1.0)
+                module.set_force_sum_reduction_for_comms(True)
+        self._build_optimizer()
+
+    @property
+    def _sharded(self) -> bool:
+        return self.parallel == "fsdp" and self.world_size > 1
+
+    def _my_rows(self, rows: list) -> list:
+        """This rank's contiguous share of ``rows`` (all of them on a single worker)."""
+        return rows if self.world_size == 1 else distributed.rank_share(rows, self.rank, self.world_size)
+
+    def _sync_gradients(self) -> None:
+        """Sum the gradients of the group's workers (replicate; FSDP2 reduces them in the backward)."""
+        if self.world_size > 1 and not self._sharded:
+            distributed.all_reduce_gradients([p for p in self.model.parameters() if p.requires_grad])
+
+    def _idle_backward(self) -> None:
+        """A forward/backward that adds zero to every gradient: under FSDP it keeps this rank's collectives
+        in step with a rank that has more micro-batches to run."""
+        rows = self._rows([[self.pad_id]], [[self.pad_id]])
+        with autocast_context(self.settings.precision, self.device):
+            logp, _ = response_logprobs(self.model, rows)
+        (logp.sum() * 0.0).backward()
 
     def _lr_factor(self, step: int) -> float:
         o = self.settings.optim
@@ -186,9 +265,20 @@ class PolicyTrainer(Policy):
         ref_lp = pad_values([ref_logprobs[i] for i in keep], width) if ref_logprobs is not None else None
         routing = self._grpo_routing(batch, keep, s)
         gradient_free = skippable_rows(adv, s, has_reference=ref_lp is not None)
+        # Every epoch's row order up front: a worker of a group needs old logprobs for each row it will train.
+        orders, order = [], list(range(len(keep)))
+        rng = random.Random(self.settings.seed + self.optimizer_steps)
+        for epoch in range(s.epochs):
+            if epoch:
+                rng.shuffle(order)
+            orders.append(list(order))
         old_lp = None
         if s.epochs * s.mini_batches > 1:
             rows = [i for i in range(len(keep)) if i not in gradient_free]
+            if self.world_size > 1 and not self._sharded:  # (FSDP: every rank runs every forward, in step)
+                mine = {i for o in orders for mini in _split(o, s.mini_batches)
+                        for i in self._my_rows(_trained_order(mini, prompts, responses, gradient_free))}
+                rows = [i for i in rows if i in mine]
             old_lp = torch.zeros(len(keep), width)
             if rows:  # the old policy routes as the rollout did too (R3): ratios compare like with like
                 old_lp[rows] = pad_values(self.logprobs(
@@ -200,12 +290,8 @@ class PolicyTrainer(Policy):
                 self.replay.take_counts()  # the update's own forward is what the mismatch metrics measure
         data = _GRPOData(prompts, responses, adv, rollout_lp, rollout_valid, old_lp, ref_lp, routing)
         sums: dict[str, list[torch.Tensor]] = {}
-        order = list(range(len(keep)))
-        rng = random.Random(self.settings.seed + self.optimizer_steps)
         self.model.train()
-        for epoch in range(s.epochs):
-            if epoch:
-                rng.shuffle(order)
+        for epoch, order in enumerate(orders):
             for mini in _split(order, s.mini_batches):
                 for k, v in self._grpo_minibatch(mini, data, s, first_pass=epoch == 0, skip=gradient_free,
                                                  with_entropy=not sums).items():
@@ -216,6 +302,10 @@ class PolicyTrainer(Policy):
         names = sorted(sums)
         flat = torch.stack([torch.stack(sums[k]).sum().float() for k in names]).tolist() if names else []
         totals = dict(zip(names, flat))
+        if self.world_size > 1:
+            # The global figures: every rank trained a share of the rows. Entropy as a metric is one
+            # micro-batch's own aggregate per rank: averaged; as a loss term it is a share: summed.
+            totals = distributed.reduce_metrics(totals, _GROUP_SUMS, () if s.entropy_coef else ("entropy",))
         out = {}
         n_minis = s.epochs * s.mini_batches
         for k in ("pg_loss", "kl"):
@@ -236,6 +326,8 @@ class PolicyTrainer(Policy):
                                            routing[:s.micro_batch_size] if routing is not None else None)
         if self.replay is not None:
             self.replay.take_counts()
+            if self.world_size > 1:
+                routing_counts = distributed.reduce_metrics(routing_counts, _ROUTING_COUNTS)
             out.update(mismatch_fractions(routing_counts))
         out.update(rows_trained=float(len(keep) - len(gradient_free)),
                    rows_skipped_zero_advantage=float(len(gradient_free)),
@@ -278,12 +370,14 @@ class PolicyTrainer(Policy):
         self.optimizer.zero_grad(set_to_none=True)
         # The denominator counts every row of the mini-batch, skipped or not, so skipping changes nothing.
         denominator = losses.aggregate_count(_length_mask([len(data.responses[i]) for i in mini]), s.loss_agg)
-        # Rows of a group next to each other (they share a prompt pass), shortest first within it, so a
-        # micro-batch is padded only to its own longest response. The order does not change the sum.
-        trained = sorted((i for i in mini if i not in skip),
-                         key=lambda i: (tuple(data.prompts[i]), len(data.responses[i])))
+        # Sorted by prompt, then length (see _trained_order); the order does not change the sum.
+        trained = _trained_order(mini, data.prompts, data.responses, skip)
+        # In a group each worker trains its share; the denominator above is the whole mini-batch's, so the
+        # shares' gradients add up to the single worker's.
+        mine = self._my_rows(trained)
+        micros = _chunks(mine, s.micro_batch_size)
         sums: dict[str, torch.Tensor] = {}
-        for n, micro in enumerate(_chunks(trained, s.micro_batch_size)):
+        for n, micro in enumerate(micros):
             idx = torch.tensor(micro)
             # Entropy is a full-vocabulary softmax: with a bonus it is part of the loss on every micro-batch;
             # as a metric, the step's first micro-batch is enough.
@@ -315,6 +409,11 @@ class PolicyTrainer(Policy):
                     terms.pop(k, None)
             for k, v in terms.items():
                 sums[k] = sums[k] + v if k in sums else v
+        if self._sharded and trained:  # FSDP: as many forward/backward passes as the busiest rank
+            most = max(len(_chunks(distributed.rank_share(trained, r, self.world_size), s.micro_batch_size))
+                       for r in range(self.world_size))
+            for _ in range(most - len(micros)):
+                self._idle_backward()
         if not trained:
             # Without the skip these rows would have given every parameter an exact zero gradient, and the
             # optimizer still moves a parameter with a zero gradient (momentum, weight decay): give it that
@@ -322,6 +421,8 @@ class PolicyTrainer(Policy):
             for p in self.model.parameters():
                 if p.requires_grad and p.grad is None:
                     p.grad = torch.zeros_like(p)
+        else:  # (every rank knows whether any row of the mini-batch trained: they all agree on this branch)
+            self._sync_gradients()
         sums["grad_norm"] = self._optimizer_step()
         return sums
 
@@ -330,6 +431,8 @@ class PolicyTrainer(Policy):
         params = [p for p in self.model.parameters() if p.requires_grad]
         clip = self.settings.optim.grad_clip
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip and clip > 0 else float("inf")).detach()
+        if hasattr(norm, "full_tensor"):  # FSDP2: the norm of sharded gradients is a DTensor
+            norm = norm.full_tensor()
         if torch.isfinite(norm):
             self.optimizer.step()
         else:  # a non-finite gradient would poison the weights and Adam's moments for good: skip the step
@@ -352,8 +455,14 @@ class PolicyTrainer(Policy):
         started = time.perf_counter()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        total_tokens = sum(len(t) for t in targets)
+        total_tokens = sum(len(t) for t in targets)  # the whole batch's, on every worker of a group
         loss_sum = 0.0
+        if self.world_size > 1:  # a worker of a group trains its share of the examples
+            every = [self._sft_steps(distributed.rank_share(list(range(len(prompts))), r, self.world_size),
+                                     prompts, targets, micro_batch_size, pack_tokens)
+                     for r in range(self.world_size)]
+            mine = distributed.rank_share(list(range(len(prompts))), self.rank, self.world_size)
+            prompts, targets = [prompts[i] for i in mine], [targets[i] for i in mine]
         if pack_tokens:
             for row in pack_examples(prompts, targets, pack_tokens):
                 with autocast_context(self.settings.precision, self.device):
@@ -369,9 +478,22 @@ class PolicyTrainer(Policy):
                 nll = -(logp * rows.response_mask).sum()
                 (nll / max(total_tokens, 1)).backward()
                 loss_sum += float(nll.detach())
+        if self.world_size > 1:
+            if self._sharded:
+                for _ in range(max(every) - every[self.rank]):
+                    self._idle_backward()
+            self._sync_gradients()
+            loss_sum = float(distributed.all_reduce_sums(torch.tensor([loss_sum], dtype=torch.float64))[0])
         grad_norm = float(self._optimizer_step())
         return {"loss": loss_sum / max(total_tokens, 1), "grad_norm": grad_norm, "tokens": float(total_tokens),
                 "lr": self.scheduler.get_last_lr()[0], "train_seconds": time.perf_counter() - started}
+
+    @staticmethod
+    def _sft_steps(rows: list[int], prompts, targets, micro_batch_size: int, pack_tokens: int | None) -> int:
+        """Forward/backward passes :meth:`train_sft` makes for ``rows`` of the batch."""
+        if pack_tokens:
+            return len(pack_examples([prompts[i] for i in rows], [targets[i] for i in rows], pack_tokens))
+        return len(_chunks(rows, micro_batch_size))
 
     # ---- weights out --------------------------------------------------------------------------------------
 
@@ -381,13 +503,26 @@ class PolicyTrainer(Policy):
 
         numpy, not torch: Ray's object store hands numpy arrays to a reader without a copy. Tied weights
         appear under both names (vLLM and safetensors each want their own tensor).
+
+        In a group: under FSDP every worker takes part in gathering the shards and rank 0 returns them (the
+        others ``{}``); replicated workers hold the same weights, so any one of them may be asked.
         """
+        tensors = self.inference_tensors()
+        return {name: t.detach().float().cpu().contiguous().numpy().copy() for name, t in tensors.items()}
+
+    @torch.no_grad()
+    def inference_tensors(self) -> dict[str, torch.Tensor]:
+        """:meth:`inference_state_dict` as torch tensors in the model's own precision and device (what a
+        broadcast to the engines sends); ``{}`` on FSDP ranks other than 0."""
         from transformers.core_model_loading import revert_weight_conversion
 
         model = self.model.get_base_model() if self.is_lora else self.model
         deltas = _lora_deltas(model) if self.is_lora else {}
+        state = self._full_model_state(model)
+        if state is None:
+            return {}
         tensors = {}
-        for name, tensor in model.state_dict().items():
+        for name, tensor in state.items():
             if "lora_" in name:
                 continue
             clean = name.replace(".base_layer.", ".")
@@ -397,18 +532,63 @@ class PolicyTrainer(Policy):
             tensors[clean] = tensor
         # Checkpoint names, as save_pretrained writes them: MoE experts are fused 3-D parameters in
         # transformers (``mlp.experts.gate_up_proj``), which vLLM loads only per expert (``experts.0.w1``).
-        tensors = revert_weight_conversion(model, tensors)
-        out = {name: t.detach().float().cpu().contiguous().numpy().copy() for name, t in tensors.items()}
-        if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in out:
+        tensors = dict(revert_weight_conversion(model, tensors))
+        if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in tensors:
             embed = model.get_input_embeddings().weight
-            out["lm_head.weight"] = embed.detach().float().cpu().numpy().copy()
-        return out
+            if self._sharded:  # the module holds a shard: take the gathered tensor by its name
+                name = next(n for n, p in model.named_parameters() if p is embed)
+                tensors["lm_head.weight"] = tensors[name]
+            else:
+                tensors["lm_head.weight"] = embed.detach()
+        return tensors
+
+    # ---- weights to the engines by broadcast (GPU: NCCL; rollout/weight_broadcast.py) ------------------------
+
+    def open_weight_group(self, host: str, port: int, world_size: int, backend: str = "nccl",
+                          timeout_s: float = 600.0) -> int:
+        """Host rank 0 of the weight-sync group at ``host:port`` (the engines' workers join as 1..N); blocks
+        until all have joined. Returns the group's size."""
+        from rollout.weight_broadcast import WeightGroup
+
+        self._weight_group = WeightGroup(host, port, 0, world_size, backend=backend, timeout_s=timeout_s,
+                                         device=str(self.device))
+        return world_size
+
+    def weight_specs(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Names and shapes of the weights a broadcast sends, in its order (what the engines allocate)."""
+        from rollout.weight_broadcast import tensor_specs
+
+        return tensor_specs(self.inference_tensors())
+
+    def broadcast_weights(self, dtype: str = "bfloat16") -> int:
+        """Send the current weights to every engine of the weight group in ``dtype``; returns bytes per engine
+        worker. Under FSDP every rank gathers, rank 0 sends."""
+        tensors = self.inference_tensors()
+        if not tensors:
+            return 0
+        return self._weight_group.send(tensors, getattr(torch, dtype))
+
+    def _full_model_state(self, model=None) -> dict[str, torch.Tensor] | None:
+        """``model``'s (default: the trainer's) state dict with whole tensors: gathered from the shards under
+        FSDP (a collective: every rank calls it; rank 0 gets the tensors, on CPU, the others ``None``)."""
+        model = self.model if model is None else model
+        if not self._sharded:
+            return model.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return state if self.rank == 0 else None
 
     def save_pretrained(self, out_dir: str | Path) -> str:
-        """An HF model dir (merged weights + tokenizer + config) that vLLM and transformers load directly."""
+        """An HF model dir (merged weights + tokenizer + config) that vLLM and transformers load directly.
+        In a group only rank 0 writes (under FSDP the others take part in gathering the weights)."""
         from safetensors.torch import save_file
 
         out_dir = Path(out_dir)
+        if self.rank != 0:
+            if self._sharded:
+                self._full_model_state()
+            return str(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         base = self.model.get_base_model() if self.is_lora else self.model
         base.config.save_pretrained(out_dir)
@@ -423,15 +603,29 @@ class PolicyTrainer(Policy):
 
     # ---- checkpoints --------------------------------------------------------------------------------------
 
-    def save_checkpoint(self, out_dir: str | Path) -> str:
-        """Model dir + optimizer/scheduler/RNG state + (LoRA) adapter: everything :meth:`load_checkpoint` needs."""
+    def save_checkpoint(self, out_dir: str | Path, state: dict | None = None) -> str:
+        """Model dir + optimizer/scheduler/RNG state + (LoRA) adapter: everything :meth:`load_checkpoint` needs,
+        and ``state`` (the loop's step and data position) as ``state.json``, written here by the actor that
+        makes the checkpoint, not by the driver into the trainer's folder.
+
+        The state is whole whatever the group's size, so a run saved by N workers resumes on M: replicated
+        workers all hold the full optimizer state (rank 0 writes it); FSDP shards are gathered first (every
+        rank calls this then). The optimizer state is stored numbered, the plain ``torch.optim`` form.
+        """
         out_dir = Path(out_dir)
         self.save_pretrained(out_dir / "model")
+        optimizer = self._full_optimizer_state()
+        if self.rank != 0:
+            return str(out_dir)
         trainable = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad} \
             if self.is_lora else None
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        torch.save({"optimizer": optimizer, "scheduler": _scheduler_state(self.scheduler.state_dict()),
                     "optimizer_steps": self.optimizer_steps, "lora_params": trainable,
                     "torch_rng": torch.get_rng_state()}, out_dir / "trainer_state.pt")
+        if state is not None:
+            import json
+
+            (out_dir / "state.json").write_text(json.dumps(state))
         return str(out_dir)
 
     def load_checkpoint(self, ckpt_dir: str | Path) -> None:
@@ -450,14 +644,53 @@ class PolicyTrainer(Policy):
                 from transformers import AutoModelForCausalLM
 
                 weights = AutoModelForCausalLM.from_pretrained(ckpt_dir / "model", dtype=torch.float32).state_dict()
-            missing, unexpected = self.model.load_state_dict(weights, strict=False)
-            missing = [m for m in missing if m != "lm_head.weight"]  # tied to the embeddings
-            if missing or unexpected:
-                raise RuntimeError(f"checkpoint {ckpt_dir}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+            if self._sharded:
+                self._load_sharded(ckpt_dir, weights, state["optimizer"])
+            else:
+                missing, unexpected = self.model.load_state_dict(weights, strict=False)
+                missing = [m for m in missing if m != "lm_head.weight"]  # tied to the embeddings
+                if missing or unexpected:
+                    raise RuntimeError(f"checkpoint {ckpt_dir}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        if not self._sharded:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(_scheduler_state(state["scheduler"]))
         self.optimizer_steps = int(state["optimizer_steps"])
         torch.set_rng_state(state["torch_rng"])
+
+    def _trainable_names(self) -> list[str]:
+        """Names of the optimizer's parameters, in the order it numbers them."""
+        return [n for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def _full_optimizer_state(self) -> dict | None:
+        """The optimizer's state dict, whole and numbered (FSDP: gathered, a collective; ``None`` off rank 0)."""
+        if not self._sharded:
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        state = get_optimizer_state_dict(self.model, self.optimizer,
+                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return distributed.optimizer_state_by_index(state, self._trainable_names()) if self.rank == 0 else None
+
+    def _load_sharded(self, ckpt_dir: Path, weights: dict, optimizer: dict) -> None:
+        """FSDP: every rank loads the whole state from the files and keeps its own shards."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        options = StateDictOptions(full_state_dict=True, strict=False)
+        missing, unexpected = set_model_state_dict(self.model, weights, options=options)
+        missing = [m for m in missing if m != "lm_head.weight"]
+        if missing or unexpected:
+            raise RuntimeError(f"checkpoint {ckpt_dir}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        set_optimizer_state_dict(self.model, self.optimizer,
+                                 distributed.optimizer_state_by_name(optimizer, self._trainable_names()),
+                                 options=options)
+
+
+def _scheduler_state(state: dict) -> dict:
+    """A LambdaLR state dict without its ``lr_lambdas`` entry. The schedule is a method of the trainer (no
+    state of its own), but LambdaLR stores a method's ``__dict__``: in a Ray actor that holds Ray's tracing
+    wrappers, and loading them onto the driver's class makes its next ``ray.remote`` fail (a wrapper loop)."""
+    return {**state, "lr_lambdas": [None] * len(state.get("lr_lambdas", []))}
 
 
 def _with_lora(model, lora: LoraSettings | dict):
@@ -507,6 +740,21 @@ class _GRPOData:
     old_lp: torch.Tensor | None
     ref_lp: torch.Tensor | None
     routing: list | None = None  # per-row rollout routing (R3), replayed or compared
+
+
+# The metric sums of a GRPO step that a group all-reduces: a fixed list, so every worker reduces the same
+# tensor whatever it trained (grad_norm is not here: it is taken after the gradients are summed).
+_GROUP_SUMS = ("pg_loss", "kl", "entropy", "tokens", "clip_fraction", "clip_low_fraction", "clip_high_fraction",
+               "ratio_mean", "approx_kl", "mismatch_abs_diff", "mismatch_k3", "mismatch_frac_over_ln2",
+               "mismatch_tokens")
+_ROUTING_COUNTS = ("routers", "routers_differ", "routers_differ_unreplayed", "routers_replayed", "tokens",
+                   "tokens_differ")
+
+
+def _trained_order(mini: list[int], prompts: list, responses: list, skip: frozenset) -> list[int]:
+    """The rows of ``mini`` that run forward/backward: a group's rows next to each other (they share a
+    prompt pass), shortest first within it, so a micro-batch is padded only to its own longest response."""
+    return sorted((i for i in mini if i not in skip), key=lambda i: (tuple(prompts[i]), len(responses[i])))
 
 
 def _length_mask(lengths: list[int]) -> torch.Tensor:

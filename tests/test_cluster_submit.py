@@ -1,0 +1,86 @@
+"""`r1 submit`, `r1 jobs` and plain `ray job submit` against a real two-node Ray cluster that the test starts
+(head + a node with the custom resource ``rollout_node``), with Ray's token authentication on."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.ray_cluster import BIN, ROOT, start_cluster, stop_cluster
+
+pytestmark = pytest.mark.slow
+
+TINY = ["data.tasks=[{name: arithmetic, n_train: 40, n_test: 4, difficulty: 2}]", "rl.prompts_per_step=2",
+        "rl.group_size=4", "rollout.max_new_tokens=24", "rollout.kv_cache_gb=0.5", "rollout.max_num_seqs=16",
+        "eval.n_samples=1", "eval.k=[1]", "rl.eval_every=0", "rl.eval_at_ends=true", "rl.steps=1",
+        "trainer.micro_batch_size=4"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, smollm2_dir):
+    c = start_cluster(tmp_path_factory.mktemp("ray-cluster"), node_resources={"rollout_node": 1})
+    yield c
+    stop_cluster(c)
+
+
+def r1(*args) -> list[str]:
+    return [str(BIN / "r1"), *args]
+
+
+def test_a_stage_submitted_with_r1_submit_runs_with_its_rollout_actor_on_the_second_node(cluster, tmp_path):
+    runs = tmp_path / "runs"
+    done = cluster.run(r1("submit", "-c", "configs/quickstart.yaml", "--address", cluster.dashboard, "reasoning-rl",
+                          "run.name=submitted", f"run.output_dir={runs}", "cluster.rollout.resources={rollout_node: 1}",
+                          *TINY))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    job_id = next(ln.split()[2].rstrip(":") for ln in done.stdout.splitlines() if ln.startswith("submitted job"))
+    assert f"run dir: {runs}/submitted" in done.stdout
+    assert f"job {job_id} succeeded" in done.stdout
+    out = runs / "submitted" / "reasoning_rl"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and (out / "model" / "model.safetensors").is_file()
+    assert [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    # Placed by the custom resource: every rollout actor of the job ran on the node that has it.
+    rollouts = cluster.actors("RolloutWorker")
+    assert rollouts and all(a["node_resources"].get("rollout_node") == 1 for a in rollouts), rollouts
+    trainers = cluster.actors("PolicyTrainer")
+    assert trainers, "the trainer actor is listed too"
+    # r1 jobs sees it, with the run dir it wrote to.
+    listed = cluster.run(r1("jobs", "list", "--address", cluster.dashboard))
+    assert job_id in listed.stdout and "SUCCEEDED" in listed.stdout, listed.stdout + listed.stderr
+    status = cluster.run(r1("jobs", "status", job_id, "--address", cluster.dashboard))
+    assert f"{job_id}: SUCCEEDED (run dir {runs}/submitted)" in status.stdout, status.stdout + status.stderr
+
+
+def test_a_failing_job_reports_the_failing_stage_and_its_error(cluster, tmp_path):
+    done = cluster.run(r1("submit", "-c", "configs/quickstart.yaml", "--address", cluster.dashboard, "reasoning-rl",
+                          "run.name=failing", f"run.output_dir={tmp_path}", "rl.init_model=/nonexistent/model"))
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert " failed: r1: error in stage reasoning_rl: model '/nonexistent/model'" in last, last
+
+
+def test_plain_ray_job_submit_of_r1_run_writes_to_a_durable_place(cluster, tmp_path):
+    # What the README shows: `ray job submit --working-dir . -- r1 run ...` with a relative run.output_dir. The
+    # job's cwd is Ray's temporary copy of the project; the run goes to $R1_RUNS_ROOT instead.
+    durable = tmp_path / "durable"
+    env_json = json.dumps({"env_vars": {"R1_RUNS_ROOT": str(durable)}})
+    done = cluster.run([str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", ".",
+                        "--runtime-env-json", env_json, "--", "r1", "run", "-c", "configs/quickstart.yaml",
+                        "--until", "base", "--no-report", "run.name=plain",
+                        "data.tasks=[{name: arithmetic, n_train: 4, n_test: 4}]", "eval.n_samples=1", "eval.k=[1]",
+                        "rollout.max_new_tokens=16", "rollout.kv_cache_gb=0.5"])
+    (tmp_path.parent / "plain-job.log").write_text(done.stdout + done.stderr)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    manifest = json.loads((durable / "runs" / "plain" / "base" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["eval"]["per_task"] == {"arithmetic": manifest["eval"]["pass@1"]}
+
+
+def test_a_client_without_the_token_is_told_where_ray_looks(cluster, tmp_path):
+    env = {"HOME": str(tmp_path), "RAY_AUTH_TOKEN_PATH": "", "RAY_AUTH_TOKEN": ""}
+    done = cluster.run(r1("jobs", "list", "--address", cluster.dashboard), env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"r1: error: Ray at {cluster.dashboard} requires token authentication and no token found: Ray reads "
+        "$RAY_AUTH_TOKEN, the file named by $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token (copy the head node's "
+        "~/.ray/auth_token)"), done.stderr[-2000:]
