@@ -106,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
             args.model = None
         cfg = load_config(args.config, args.overrides)
         if args.command not in ("prepare-model", "config", "make-data"):  # the commands that load the model
-            log.info("run dir: %s", cfg.run_dir())
             _prepare_if_needed(cfg)
         if args.command in COMMANDS:
             return COMMANDS[args.command](cfg, args)
@@ -196,6 +195,7 @@ def _stage(cfg, args) -> int:
     from .recipe import STAGES, stage_running
 
     stage = next(s for s in STAGES if s.command == args.command)
+    log.info("run dir: %s", cfg.run_dir())  # first: a submitted job's log says where its artifacts go
     with stage_running(stage.name):
         summary = stage.run(cfg, out=args.out)
     _print_summary(summary)
@@ -204,6 +204,8 @@ def _stage(cfg, args) -> int:
 
 def _run(cfg, args) -> int:
     from .recipe import run_recipe
+
+    log.info("run dir: %s", cfg.run_dir())
 
     run_recipe(cfg, start=args.start, until=args.until or cfg.recipe.until)
     if not args.no_report:

@@ -31,12 +31,16 @@ class OnPolicyPlan:
 
 
 def on_policy_loop(rollout, trainer, plan: OnPolicyPlan, logger) -> dict:
-    """Run the on-policy steps through a rollout and a ``DistillTrainer`` actor; saves the student's model dir."""
+    """Run the on-policy steps through the rollout engines (a pool or one actor) and a ``DistillTrainer`` actor;
+    saves the student's model dir."""
     import ray
     from tqdm.auto import tqdm
 
     from .checkpoints import close_step, resume
+    from .rollout_pool import as_pool
     from .sft import batches
+
+    engines = as_pool(rollout)  # one rollout actor or cluster.rollout_engines of them
 
     if not plan.prompts:
         raise ValueError("on-policy distillation: no prompts")
@@ -52,11 +56,11 @@ def on_policy_loop(rollout, trainer, plan: OnPolicyPlan, logger) -> dict:
         if step <= start:
             continue
         prompts = [list(plan.prompts[i]) for i in idx]
-        generations = ray.get(rollout.generate.remote(prompts, plan.sampling, False))
+        generations = engines.generate(prompts, plan.sampling, False)
         rows = [(g.prompt_ids, c.token_ids, c.truncated) for g in generations for c in g.completions if c.token_ids]
         last = ray.get(trainer.train_on_policy.remote([r[0] for r in rows], [r[1] for r in rows],
                                                       micro_batch_size=plan.micro_batch_size))
-        last["sync_seconds"] = ray.get(rollout.update_weights.remote(trainer.inference_state_dict.remote()))
+        last["sync_seconds"] = engines.update_weights(trainer.inference_state_dict.remote())
         last["response_length"] = sum(len(r[1]) for r in rows) / max(len(rows), 1)
         last["truncated_fraction"] = sum(r[2] for r in rows) / max(len(rows), 1)
         close_step(trainer, plan, logger, bar, step, last, "reverse_kl")

@@ -1,12 +1,11 @@
 """`r1 submit`, `r1 jobs` and plain `ray job submit` against a real two-node Ray cluster that the test starts
 (head + a node with the custom resource ``rollout_node``), with Ray's token authentication on."""
 import json
-import subprocess
-import sys
+import time
 
 import pytest
 
-from tests.ray_cluster import BIN, ROOT, start_cluster, stop_cluster
+from tests.ray_cluster import BIN, start_cluster, stop_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +49,24 @@ def test_a_stage_submitted_with_r1_submit_runs_with_its_rollout_actor_on_the_sec
     assert job_id in listed.stdout and "SUCCEEDED" in listed.stdout, listed.stdout + listed.stderr
     status = cluster.run(r1("jobs", "status", job_id, "--address", cluster.dashboard))
     assert f"{job_id}: SUCCEEDED (run dir {runs}/submitted)" in status.stdout, status.stdout + status.stderr
+    logs = cluster.run(r1("jobs", "logs", job_id, "--address", cluster.dashboard))
+    assert f"r1: run dir: {runs}/submitted" in logs.stdout, logs.stdout[-2000:]
+
+
+def test_a_submitted_job_can_be_stopped(cluster, tmp_path):
+    done = cluster.run(r1("submit", "-c", "configs/quickstart.yaml", "--address", cluster.dashboard, "--no-follow",
+                          "reasoning-rl", "run.name=stopped", f"run.output_dir={tmp_path}", *TINY, "rl.steps=50"))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    job_id = next(ln.split()[2].rstrip(":") for ln in done.stdout.splitlines() if ln.startswith("submitted job"))
+    stop = cluster.run(r1("jobs", "stop", job_id, "--address", cluster.dashboard))
+    assert f"{job_id}: stop requested" in stop.stdout, stop.stdout + stop.stderr
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = cluster.run(r1("jobs", "status", job_id, "--address", cluster.dashboard)).stdout
+        if "STOPPED" in status:
+            break
+        time.sleep(2)
+    assert f"{job_id}: STOPPED" in status, status
 
 
 def test_a_failing_job_reports_the_failing_stage_and_its_error(cluster, tmp_path):

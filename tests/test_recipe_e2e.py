@@ -98,7 +98,7 @@ def test_whole_recipe_kill_resume_skip_and_report(tmp_path, smollm2_dir):
     _check_logit_kl(read_metrics(run_dir / "distill" / "metrics.jsonl"), distill)
     assert [r["step"] for r in read_metrics(run_dir / "distill" / "on_policy" / "metrics.jsonl")] == [1]
     # One engine served consecutive stages: weights were swapped in, not an engine started per stage.
-    assert second.stderr.count("shared rollout actor: loaded") >= 4
+    assert second.stderr.count("shared rollout engines: loaded") >= 4
 
     report = (run_dir / "report" / "report.md").read_text()
     for stage in ("base", "cold_start", "reasoning_rl", "sft", "general_rl", "distill", "student_rl"):
