@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KEYS = ["time/step", "time/generate", "time/train", "time/sync", "tokens_per_second/generate",
         "rollout/engine_balance", "rollout/engine_time_balance", "rollout/engine_seconds_max", "generated_tokens",
         "reward/mean"]
-SETTINGS = ["rl.prompts_per_step=8", "rl.group_size=8", "rollout.max_new_tokens=96", "rl.eval_every=0",
+SETTINGS = ["rl.prompts_per_step=8", "rl.group_size=8", "rollout.max_new_tokens=64", "rl.eval_every=0",
             "rl.eval_at_ends=false", "rl.save_every=1000", "cluster.num_cpus=8"]
 
 
