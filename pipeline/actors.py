@@ -117,7 +117,6 @@ class RemoteEngine:
     def __init__(self, handle) -> None:
         from stages.rollout_pool import as_pool
 
-        self.handle = handle
         self.pool = as_pool(handle)
 
     def generate(self, prompts, sampling, *, progress: bool = False):

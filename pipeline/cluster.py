@@ -83,8 +83,6 @@ def _cpus_needed(cfg: RecipeConfig) -> int:
     return int(total + 0.999)
 
 
-
-
 @dataclass
 class RLActors:
     """The actors of one RL run. ``rollout``: a :class:`~stages.rollout_pool.RolloutPool` (M engines);
@@ -128,7 +126,9 @@ class RLActors:
 
         # A group answers with rank 0's ref; the other ranks' refs of the same call are waited for too, so a
         # dead rank > 0 is seen at once, not as rank 0 stuck in a collective until the timeout.
-        refs = [ref, *getattr(self.trainer, "_pending", [])]
+        from .trainer_group import TrainerGroup
+
+        refs = [ref, *(self.trainer.pending if isinstance(self.trainer, TrainerGroup) else [])]
         try:
             if fetch:
                 return wait(refs, "trainer", method, self.timeout_s)[0]
@@ -189,13 +189,9 @@ def _dead_workers(trainer) -> list:
 
 
 def _kill(handle) -> None:
-    """Kill an actor or a trainer group (``pipeline.trainer_group.kill_actor`` where that exists)."""
-    try:
-        from .trainer_group import kill_actor
-    except ImportError:
-        import ray
+    """Kill an actor or a trainer group."""
+    from .trainer_group import kill_actor
 
-        kill_actor = ray.kill
     kill_actor(handle)
 
 
@@ -213,13 +209,6 @@ def trainer_settings(cfg: RecipeConfig, total_optimizer_steps: int | None = None
     return TrainerSettings(**t.model_dump(include=set(TrainerKnobs.model_fields)), lora=lora,
                            optim=OptimSettings(**knobs.model_dump(), total_steps=total), threads=default_threads(cfg),
                            seed=cfg.run.seed)
-
-
-def _options(spec, threads: int | None, allocator: str = "system") -> dict:
-    from .actors import worker_env
-
-    return {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus,
-            "runtime_env": {"env_vars": worker_env(threads, allocator)}}
 
 
 def start_trainer(cfg: RecipeConfig, model_dir: str, settings, cls=None, *args):

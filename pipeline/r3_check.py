@@ -28,7 +28,6 @@ def run_r3_check(cfg: RecipeConfig, *, model: str | None = None, out: str | None
     Every rollout is scored both ways; the update is timed on the first ``update_rows`` of them (``repeats``
     times each way, alternately), which is enough to see a per-token cost and keeps the check short.
     """
-    import ray
     import torch
     from transformers import AutoTokenizer
 
@@ -57,9 +56,9 @@ def run_r3_check(cfg: RecipeConfig, *, model: str | None = None, out: str | None
     try:
         for rep in range(repeats):  # capture on / off alternately on the same prompts: the generation overhead
             for capture in (True, False):
-                bytes_per_token = ray.get(rollout.set_routing_capture.remote(capture))
+                bytes_per_token = rollout.set_routing_capture(capture)
                 started = time.perf_counter()
-                result = ray.get(rollout.generate.remote(prompts, sampling, rep == 0 and capture))
+                result = rollout.generate(prompts, sampling, rep == 0 and capture)
                 gen_seconds[capture].append(time.perf_counter() - started)
                 if capture and generations is None:
                     generations = result

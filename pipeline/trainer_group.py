@@ -32,6 +32,11 @@ class TrainerGroup:
     def __len__(self) -> int:
         return len(self.workers)
 
+    @property
+    def pending(self) -> list:
+        """The refs of calls on ranks > 0 not checked yet (a caller waiting on rank 0 may wait on them too)."""
+        return list(self._pending)
+
     def __getattr__(self, name: str) -> "_GroupMethod":
         if name.startswith("_") and name != "__ray_ready__":
             raise AttributeError(name)

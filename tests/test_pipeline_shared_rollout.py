@@ -33,13 +33,15 @@ def _variant(base_dir, out, *, seed=None, layers=None):
     return str(out)
 
 
-def _greedy(handle):
-    out = ray.get(handle.generate.remote(PROMPT, GREEDY))[0].completions[0]
+def _greedy(pool):
+    out = pool.generate(PROMPT, GREEDY)[0].completions[0]
     return out.token_ids, [round(x, 4) for x in out.logprobs]
 
 
-def _alive(handle) -> bool:
-    """Whether the actor still answers; a kill lands asynchronously, so a live answer is asked again."""
+def _alive(pool) -> bool:
+    """Whether the pool's engine actor still answers; a kill lands asynchronously, so a live answer is asked
+    again."""
+    handle = pool.handles[0]
     for _ in range(12):
         try:
             ray.get(handle.ready.remote(), timeout=30)
