@@ -48,13 +48,13 @@ class HFEngine:
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSpec, *, progress: bool = False
                  ) -> list[Generation]:
-        from tqdm.auto import tqdm
-
         """``sampling.n`` samples per prompt. With ``sampling.seed`` each prompt group is generated on its own,
         from torch's RNG seeded by (seed, prompt ids): a prompt's samples then depend on neither its batch mates
         nor the engine that serves it (M engines sample what one would), at the cost of batching across prompts
         (the same prompt twice in one call gets the same samples twice). Without a seed, prompts are batched
         ``batch_size`` at a time."""
+        from tqdm.auto import tqdm
+
         results: list[Generation] = []
         if sampling.seed is not None:
             for prompt in tqdm(prompts, desc="generating (hf)", disable=not progress):

@@ -36,7 +36,7 @@ def _run(student, teacher, out_dir, steps, crash_after=None):
     trainer = ray.remote(DistillTrainer).remote(student, settings, teacher)
     rollout = ray.remote(RolloutWorker).remote("hf", student, {"seed": 0}, 1)
     plan = OnPolicyPlan(prompts=PROMPTS, steps=steps, prompts_per_step=3,
-                        sampling=SamplingSpec(n=4, temperature=1.0, max_new_tokens=8, logprobs=False),
+                        sampling=SamplingSpec(n=4, temperature=1.0, max_new_tokens=8, logprobs=False, seed=0),
                         micro_batch_size=4, seed=0, out_dir=out_dir, save_every=2)
     logger = MetricsLogger(out_dir, tensorboard=False)
     try:
@@ -52,10 +52,12 @@ def test_student_moves_towards_the_teacher_and_resumes(tiny_model_dir, teacher_d
     summary = _run(tiny_model_dir, teacher_dir, out, steps=12)
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 13))
-    # Measured on the student's own fresh samples each step (so noisy): averages of the first and last steps.
-    # Three runs fell by 10.0-10.1%; without learning the ratio stays near 1.
+    # Measured on the student's own fresh samples each step: averages of the first and last steps. Sampling is
+    # seeded, as the pipeline seeds it (unseeded, one CI run fell by only 4%, where others fell by 10%); seeded,
+    # every run falls by the same 14.6%; without learning the ratio stays near 1.
     first = sum(r["reverse_kl"] for r in rows[:3]) / 3
     last = sum(r["reverse_kl"] for r in rows[-3:]) / 3
+    print(f"reverse KL first {first:.4f} last {last:.4f} ratio {last / first:.3f}")
     assert last < 0.95 * first, (first, last)
     assert all(r["sync_seconds"] >= 0 for r in rows)
     assert Path(summary["model"], "model.safetensors").is_file()
