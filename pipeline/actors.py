@@ -78,20 +78,17 @@ class RolloutWorker:
 
 
 class RewardWorker:
-    """Scores completions with the configured weighted sum of rewards (rule rewards, sandbox, ...)."""
+    """Scores completions with the configured weighted sum of rewards (rule rewards, sandbox, users' own ...)."""
 
-    def __init__(self, items: list[dict], prefilled_think: bool = False, threads: int = 2) -> None:
+    def __init__(self, items: list[dict], prefilled_think: bool = False, threads: int = 2, *,
+                 plugins: Sequence[str] = (), fail_after: int = 16) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from rewards import weighted_sum
+        from rewards.registry import import_plugins, weighted_sum
 
-        specs = []
-        for item in items:
-            item = dict(item)
-            if item.get("name") == "format":  # the chat template decides whether <think> is pre-filled
-                item["options"] = {"prefilled_think": prefilled_think, **item.get("options", {})}
-            specs.append(item)
-        self.score_fn = weighted_sum(specs)
+        import_plugins(plugins)  # their @register names, before the items name them
+        # The chat template decides whether <think> is pre-filled: every reward that takes prefilled_think gets it.
+        self.score_fn = weighted_sum(items, prefilled_think=prefilled_think, fail_after=fail_after)
         # Threads: our rewards wait on helper processes (math-verify, the code sandbox), not on the GIL.
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="reward")
         # A reward model's forward passes (one at a time: its scorer holds a lock) run while generation and
@@ -101,13 +98,12 @@ class RewardWorker:
     def ready(self) -> bool:
         return True
 
-    def _score_one(self, text: str, sample: Mapping) -> tuple[float, dict]:
-        total, parts = self.score_fn(text, sample)
-        return float(total), {k: (float(v), getattr(v, "reason", "ok")) for k, v in parts.items()}
-
     def score(self, completions: Sequence[str], samples: Sequence[Mapping]) -> list[tuple[float, dict]]:
-        """``(total, {label: (value, reason)})`` per completion, in order; a failing reward scores 0 with a reason."""
-        return list(self.pool.map(self._score_one, completions, samples))
+        """``(total, {label: (value, reason)})`` per completion, in order; a failing reward scores 0 with a reason,
+        one that fails on every one of its first ``fail_after`` calls raises :class:`rewards.RewardFailure`."""
+        scored = self.score_fn.score_batch(completions, samples, executor=self.pool)
+        return [(float(total), {k: (float(v), getattr(v, "reason", "ok")) for k, v in parts.items()})
+                for total, parts in scored]
 
 
 class RemoteEngine:

@@ -17,6 +17,22 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted config overrides")
 
 
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    """`r1 eval --data`'s source options, the fields of a ``data.sources`` entry (pipeline.data.eval_source)."""
+    g = p.add_argument_group("--data columns (as a data source's options)")
+    g.add_argument("--prompt-field", help="column of the prompt (default: prompt)")
+    g.add_argument("--answer-field", help="column of the gold answer (default: answer; 'null': none)")
+    g.add_argument("--answer-pattern", help="extract the gold answer from it: a regex whose group 1 is the answer, "
+                                            "or boxed (the last \\boxed{}: MATH) or gsm8k (#### N)")
+    g.add_argument("--messages-field", help="chat column, left out of the scored rows")
+    g.add_argument("--subset", help="hub dataset config name (e.g. main for openai/gsm8k)")
+    g.add_argument("--split", help="hub dataset split (default: train)")
+    g.add_argument("--columns", help="other columns the rows keep: all, or names separated by commas "
+                                     "(default: the scalar ones)")
+    g.add_argument("--task", help="task name of the rows (default: the file's stem or the dataset's name)")
+    g.add_argument("--limit", type=int, help="evaluate only the first N rows")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="r1", description="The DeepSeek-R1 post-training recipe: data, model import, evaluation, stages.")
@@ -39,9 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="pass@1, pass@k, maj@k and format rate per task")
     _add_config_args(ev)
     ev.add_argument("--model", help="model dir or spec (default: config model.name)")
-    ev.add_argument("--data", help="JSONL/Parquet to evaluate (default: the config's held-out split)")
+    ev.add_argument("--data", help="JSONL/JSON/Parquet file, dataset folder or hub id to evaluate (default: the "
+                                    "config's held-out split); the flags below map its columns, as a data source's "
+                                    "options do")
+    _add_source_args(ev)
     ev.add_argument("--out", help="output dir (default: runs/<name>/eval/<label>)")
-    ev.add_argument("--label", default=None, help="name of this evaluation (default: the model dir's name)")
+    ev.add_argument("--label", default=None, help="name of this evaluation (default: the stage for runs/<name>/"
+                                                  "<stage>/model, <stage>-step_N for its checkpoints, else the model "
+                                                  "dir's name + a hash of its path); another model's eval under a "
+                                                  "given --label or --out is refused, never overwritten")
 
     from .recipe import STAGE_NAMES, STAGES
 
@@ -57,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from", dest="start", choices=STAGE_NAMES, help="first stage to run")
     run.add_argument("--until", choices=STAGE_NAMES, help="last stage to run")
     run.add_argument("--no-report", action="store_true", help="do not write runs/<name>/report at the end")
+
+    sc = sub.add_parser("score", help="score a JSONL of completions (each row: completion + the sample's fields) "
+                                      "with the config's rewards, in this process: writes FILE.scored.jsonl, "
+                                      "prints the mean and reasons of each reward per task")
+    _add_config_args(sc)
+    sc.add_argument("--completions", required=True, metavar="FILE.jsonl", help="rows with 'completion' and the "
+                                                                               "sample's fields (prompt, answer, task, ...)")
+    sc.add_argument("--out", help="scored rows (default: FILE.scored.jsonl next to the input)")
+    sc.add_argument("--threads", type=int, default=None, help="scoring threads (default: 2 per core, at least 4)")
 
     r3 = sub.add_parser("r3-check", help="MoE models: rollout vs training routing mismatch and k3 KL, without and "
                                          "with Rollout Routing Replay, and what R3 costs (writes r3_check.json)")
@@ -81,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="Markdown + PNG report of a recipe run (table, curves, eval by stage)")
     rep.add_argument("run_dir", help="runs/<name>")
     rep.add_argument("--out", help="output dir (default: <run_dir>/report)")
+
+    cl = sub.add_parser("clean", help="remove a run's superseded stage folders (runs/<name>/superseded/, what a "
+                                      "config change moved aside); never a live stage folder")
+    cl.add_argument("run_dir", nargs="?", help="runs/<name> (default: the config's run dir)")
+    _add_config_args(cl)
+    cl.add_argument("--superseded", action="store_true", help="what is removed: the superseded folders (the default, "
+                                                              "and the only kind for now)")
+    cl.add_argument("--dry-run", action="store_true", help="list what would be removed and its size; remove nothing")
     return parser
 
 
@@ -88,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `r1` console script."""
     logging.basicConfig(level=os.environ.get("R1_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    put_cwd_on_path()
     args = build_parser().parse_args(argv)
     from .recipe import forget_failed_stage
 
@@ -95,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "report":
             return _report(args)
+        if args.command == "clean":
+            return _clean(args)
         if args.command == "jobs":
             from .submit import jobs
 
@@ -105,14 +147,14 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides.insert(0, args.model)
             args.model = None
         cfg = load_config(args.config, args.overrides)
-        if args.command not in ("prepare-model", "config", "make-data"):  # the commands that load the model
+        if args.command not in ("prepare-model", "config", "make-data", "score"):  # the commands that load the model
             _prepare_if_needed(cfg)
         if args.command in COMMANDS:
             return COMMANDS[args.command](cfg, args)
         return _stage(cfg, args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
         log.debug("the error's traceback (R1_LOG_LEVEL=DEBUG)", exc_info=True)
-        print(f"r1: error{_where()}: {exc}", file=sys.stderr)
+        print(f"r1: error{_where()}: {error_line(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:  # anything else keeps its traceback, after the one line a job report shows
         print(f"r1: error{_where()}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
@@ -122,6 +164,27 @@ def main(argv: list[str] | None = None) -> int:
         from .placement import release_placement
 
         release_placement()
+
+
+def put_cwd_on_path() -> None:
+    """Import from the working directory as ``python -m`` does (the ``r1`` script's own ``sys.path[0]`` is the
+    venv's bin): a user's reward module next to their config is found by ``module:function``. ``PYTHONPATH``
+    is already on the path; the Ray workers of a local run get both (:func:`pipeline.cluster.worker_pythonpath`)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def error_line(exc: BaseException) -> str:
+    """The error's message; an actor's error (Ray's ``RayTaskError``: a traceback over many lines) as its cause's
+    own message, e.g. a reward worker's :class:`rewards.RewardFailure`."""
+    ray_exceptions = sys.modules.get("ray.exceptions")  # only a run that used Ray can have an actor's error
+    if ray_exceptions is not None and isinstance(exc, ray_exceptions.RayTaskError) and exc.cause is not None:
+        cause = exc.cause
+        text = str(cause).strip()
+        known = isinstance(cause, (ConfigError, ValueError, FileNotFoundError, RuntimeError))
+        return text if known and text else f"{type(cause).__name__}: {text.splitlines()[0] if text else ''}"
+    return str(exc)
 
 
 def _where() -> str:
@@ -185,19 +248,33 @@ def _make_data(cfg, args) -> int:
 def _eval(cfg, args) -> int:
     from .evaluation import run_eval
 
-    _, table = run_eval(cfg, model=args.model, data=args.data, out=args.out, label=args.label)
+    _, table = run_eval(cfg, model=args.model, data=_eval_data(args), out=args.out, label=args.label)
     print(table)
     return 0
 
 
+def _eval_data(args):
+    """``--data`` with its source flags as a source (None: the config's split); flags without --data are refused."""
+    from .data import EVAL_SOURCE_FLAGS, eval_source
+
+    flags = {name: getattr(args, name) for name in EVAL_SOURCE_FLAGS}
+    if not args.data:
+        given = [f"--{name.replace('_', '-')}" for name, value in flags.items() if value is not None]
+        if given:
+            raise ConfigError(f"r1 eval: {', '.join(given)} map the columns of --data FILE; give --data")
+        return None
+    return eval_source(args.data, **flags)
+
+
 def _stage(cfg, args) -> int:
     """`r1 <stage>`: run one stage of the recipe's table; print where its result went."""
-    from .recipe import STAGES, stage_running
+    from .recipe import STAGES, run_stage_command, stage_running
 
     stage = next(s for s in STAGES if s.command == args.command)
     log.info("run dir: %s", cfg.run_dir())  # first: a submitted job's log says where its artifacts go
     with stage_running(stage.name):
-        summary = stage.run(cfg, out=args.out)
+        # Recorded (fingerprints) as `r1 run` records it, so `r1 run` continues from it, not over it.
+        summary = run_stage_command(cfg, stage, out=args.out)
     _print_summary(summary)
     return 0
 
@@ -215,6 +292,17 @@ def _run(cfg, args) -> int:
     return 0
 
 
+def _score(cfg, args) -> int:
+    from .score import score_file
+
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    result = score_file(cfg, args.completions, args.out, threads=args.threads)
+    print(result.table)
+    print(f"scored {result.rows} rows: {result.out}")
+    return 0
+
+
 def _r3_check(cfg, args) -> int:
     from .r3_check import run_r3_check
 
@@ -229,6 +317,24 @@ def _r3_check(cfg, args) -> int:
           f"{result['routing_sensitivity']['mean_abs_dlogp_other_experts']:.3f} on average")
     print(f"routing bytes per token {result['routing_bytes_per_token']}, "
           f"R3 overhead {100 * result['overhead_fraction']:.1f}% of generation + update time")
+    return 0
+
+
+def _clean(args) -> int:
+    """`r1 clean`: remove ``superseded/`` under the run dir (given, or the config's); print each and the bytes."""
+    from .superseded import clean_superseded, human_bytes
+
+    if args.run_dir and "=" in args.run_dir:  # an override, not a run dir
+        args.overrides.insert(0, args.run_dir)
+        args.run_dir = None
+    run_dir = Path(args.run_dir) if args.run_dir else load_config(args.config, args.overrides).run_dir()
+    removed = clean_superseded(run_dir, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for path, size in removed:
+        print(f"{verb} {path} ({human_bytes(size)})")
+    total = sum(size for _, size in removed)
+    print(f"{'would free' if args.dry_run else 'freed'} {human_bytes(total)} ({total} bytes) in {len(removed)} "
+          f"superseded folder(s) of {run_dir}" if removed else f"nothing to clean: {run_dir} has no superseded folders")
     return 0
 
 
@@ -253,7 +359,7 @@ def _print_summary(summary: dict) -> None:
 
 
 COMMANDS = {"config": _config, "prepare-model": _prepare_model, "make-data": _make_data, "eval": _eval,
-            "run": _run, "r3-check": _r3_check}  # and one per stage of the recipe's table (_stage)
+            "run": _run, "r3-check": _r3_check, "score": _score}  # and one per stage of the recipe's table (_stage)
 
 
 if __name__ == "__main__":

@@ -29,10 +29,7 @@ def connect(cfg: RecipeConfig) -> dict[str, Any]:
     if ray.is_initialized():
         return ray.cluster_resources()
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
-    # Actors import this repo's packages; a local cluster's workers inherit the driver's sys.path via
-    # PYTHONPATH (a submitted job gets them from its working_dir instead).
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    env = {"PYTHONPATH": worker_pythonpath()}
     if IN_RAY_JOB in os.environ:
         # A submitted job (r1 submit / ray job submit): its runtime env (the working dir that holds this repo,
         # the env vars) is the job's own; overriding it here would drop the working dir from the actors.
@@ -50,6 +47,18 @@ def connect(cfg: RecipeConfig) -> dict[str, Any]:
         if not to_terminal:
             keep_actor_logs(cfg.run_dir() / "logs")
     return ray.cluster_resources()
+
+
+def worker_pythonpath(cwd: str | None = None, pythonpath: str | None = None) -> str:
+    """The ``PYTHONPATH`` of a local cluster's workers: what the driver imports from, in its order: the working
+    directory (as ``python -m`` and the ``r1`` script put it first), the driver's ``PYTHONPATH``, then this repo
+    (a user's reward module next to their config imports in every actor as it does here; a submitted job
+    gets its modules from its runtime env instead)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pythonpath = os.environ.get("PYTHONPATH", "") if pythonpath is None else pythonpath
+    entries = [os.path.abspath(cwd or os.getcwd()), *(os.path.abspath(p) for p in pythonpath.split(os.pathsep) if p),
+               root]
+    return os.pathsep.join(dict.fromkeys(entries))
 
 
 def keep_actor_logs(folder) -> None:
@@ -383,8 +392,8 @@ def build_rl_actors(cfg: RecipeConfig, model_dir: str, *, prefilled_think: bool,
     reward_cls = ray.remote(with_faults(RewardWorker, "reward", faults, markers))
 
     def start_reward(index: int):
-        return reward_cls.options(**actor_options(cfg, "reward", index, threads=1)).remote(items, prefilled_think,
-                                                                                            threads)
+        return reward_cls.options(**actor_options(cfg, "reward", index, threads=1)).remote(
+            items, prefilled_think, threads, plugins=cfg.rewards.plugins, fail_after=cfg.rewards.fail_after)
 
     reward_role = Role("reward worker", factory=start_reward, timeout_s=c.timeout_s, max_restarts=c.max_restarts)
     reward_group = Group([Member(reward_role, i, start_reward(i)) for i in range(c.reward_workers)])

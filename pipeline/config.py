@@ -43,36 +43,77 @@ class ModelConfig(_Strict):
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
 
 
+BUILTIN_TASKS = ("arithmetic", "word_problem", "countdown", "linear_equation", "instruction", "code")
+
+
 class TaskMix(_Strict):
-    name: Literal["arithmetic", "word_problem", "countdown", "linear_equation", "instruction", "code"]
+    name: str = Field(description="a built-in task, or a reasoning-gym generator with source: reasoning_gym")
     n_train: int = Field(1000, ge=0)
     n_test: int = Field(100, ge=0)
-    difficulty: int = Field(1, ge=1, le=5)
+    difficulty: int = Field(1, ge=1, le=5, description="built-in tasks; reasoning-gym's knobs go in config")
+    source: Literal["builtin", "reasoning_gym"] = "builtin"
+    config: dict[str, Any] = Field(default_factory=dict, description="reasoning_gym: the generator's config keys")
+    scorer: Literal["reasoning_gym", "math_verify"] | None = Field(
+        None, description="reasoning_gym: its own score_answer (default) or math_verify (numeric answers)")
+
+    @model_validator(mode="after")
+    def _known_task(self) -> "TaskMix":
+        if self.source == "builtin":
+            if self.name not in BUILTIN_TASKS:
+                raise ValueError(f"name={self.name!r}: expected one of {', '.join(map(repr, BUILTIN_TASKS))} "
+                                 "(or source: reasoning_gym for a reasoning-gym generator)")
+            if self.config or self.scorer:
+                raise ValueError(f"{self.name}: config and scorer are for source: reasoning_gym tasks")
+        else:  # the generator and its config, checked by the library now rather than at make-data time
+            from tasks.reasoning_gym_source import check_task
+
+            check_task(self.name, self.config, self.scorer)
+        return self
 
 
-class DataSource(_Strict):
-    """A user's dataset: a local JSONL / JSON / Parquet file or a hub dataset id."""
+class SourceSpec(_Strict):
+    """A user's dataset, read the same way wherever a stage reads data (``data.sources``, ``cold_start.data``,
+    `r1 eval --data`): a local JSONL / JSON / Parquet file, a dataset folder or a hub dataset id."""
 
     path: str
     subset: str | None = Field(None, description="hub dataset config name (e.g. 'main' for openai/gsm8k)")
-    prompt_field: str = "prompt"
-    answer_field: str = "answer"
-    answer_pattern: str | None = Field(None, description="regex whose group 1 extracts the gold answer")
-    task: str | None = None
     split: str = "train"
+    prompt_field: str = "prompt"
+    answer_field: str | None = Field("answer", description="null: rows without gold answers")
+    answer_pattern: str | None = Field(None, description="extracts the gold answer from answer_field: a regex "
+                                       "whose group 1 is the answer, or boxed (the last \\boxed{}) or gsm8k (#### N)")
+    messages_field: str | None = Field(None, description="chat column of cold-start demonstrations (read for the "
+                                       "cold start, never copied into reward rows)")
+    columns: list[str] | Literal["all"] | None = Field(
+        None, description="other columns the samples keep besides the schema fields: a list, 'all', or null for "
+        "every scalar column (list / mapping columns such as generations are left out, their names logged)")
+    task: str | None = None
     limit: int | None = Field(None, ge=1)
-    role: Literal["train", "test"] = "train"
 
     @field_validator("answer_pattern")
     @classmethod
     def _compiles(cls, pattern: str | None) -> str | None:
         if pattern is not None:
-            try:
-                if re.compile(pattern, re.MULTILINE).groups < 1:
-                    raise ValueError("needs one capture group for the answer")
-            except re.error as exc:
-                raise ValueError(f"not a valid regex ({exc})") from None
+            from tasks.answer_patterns import check_answer_pattern
+
+            check_answer_pattern(pattern)  # ValueError: one line, said by the config error
         return pattern
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns_form(cls, columns: Any) -> Any:
+        # Said here in one line: the union's own error names each member it tried.
+        if columns is not None and columns != "all" and not (
+                isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+            raise ValueError("expected a list of column names, 'all' or null")
+        return columns
+
+
+class DataSource(SourceSpec):
+    """A ``data.sources`` entry: a :class:`SourceSpec` whose rows are RL prompts (``role: train``) or held out
+    for evals (``role: test``)."""
+
+    role: Literal["train", "test"] = "train"
 
 
 class DataConfig(_Strict):
@@ -162,6 +203,56 @@ class RewardsConfig(_Strict):
     items: list[RewardItem] = Field(
         default_factory=lambda: [RewardItem(name="format", weight=0.5), RewardItem(name="correctness", weight=1.0)]
     )
+    plugins: list[str] = Field(default_factory=list, description="modules imported before the items are read (in "
+                               "the driver and every reward worker): their @register names can be used as items")
+    fail_after: int = Field(16, ge=1, description="a reward that raises or answers a non-number on every one of its "
+                            "first N calls stops the run in one line (occasional errors score 0, reason counted)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, data: Any) -> Any:
+        # Before the items are validated: a plugin's @register names are what they may use.
+        if isinstance(data, dict) and isinstance(data.get("plugins"), list):
+            from rewards.registry import import_plugins
+
+            import_plugins(data["plugins"])
+        return data
+
+
+class EvalRewardRole(_Strict):
+    """One role of the eval's scoring: which reward, with which options."""
+
+    name: str | None = Field(None, description="registry name or module:function (null: the role's own reward, "
+                             "correctness / format)")
+    options: dict[str, Any] = Field(default_factory=dict, description="merged over the options of the "
+                                    "rewards.items entry of that name, e.g. {answer_format: boxed} or "
+                                    "{style: think_boxed}")
+
+
+class EvalRewards(_Strict):
+    """What `r1 eval` counts: "correct" = the correctness reward is 1.0, "formatted" = the format reward is 1.0.
+    Each role defaults to the recipe's own item of that name in rewards.items (with its options), else the
+    built-in reward."""
+
+    correctness: EvalRewardRole = Field(default_factory=EvalRewardRole, description="decides pass@k / maj@k; "
+                                        "correctness options: answer_format tags | boxed | last_number | auto")
+    format: EvalRewardRole = Field(default_factory=EvalRewardRole, description="decides the format rate; format "
+                                   "options: style r1 | think_boxed")
+
+    @model_validator(mode="after")
+    def _resolvable(self) -> "EvalRewards":
+        # Unknown names, options a reward does not take and values outside a Literal fail at load.
+        from rewards import weighted_sum
+        from rewards.options import check_option_values
+        from rewards.registry import resolve
+
+        for role in ("correctness", "format"):
+            spec = getattr(self, role)
+            if spec.name is not None or spec.options:
+                name = spec.name or role
+                weighted_sum([{"name": name, "options": spec.options, "label": role}])
+                check_option_values(role, resolve(name), spec.options)
+        return self
 
 
 class EvalConfig(_Strict):
@@ -173,6 +264,8 @@ class EvalConfig(_Strict):
     general_stages: list[str] | None = Field(
         None, description="stages of `r1 run` whose held-out eval also covers general_rl.general_tasks (null: "
         "every stage); the others are evaluated on the reasoning tasks only")
+    rewards: EvalRewards = Field(default_factory=EvalRewards, description="the correctness and format rewards the "
+                                 "eval scores with (default: the recipe's, from rewards.items)")
 
     @field_validator("general_stages")
     @classmethod
@@ -211,6 +304,8 @@ class JobConfig(_Strict):
     env_vars: dict[str, str] = Field(default_factory=dict, description="extra environment of the job and its actors")
     pip: list[str] = Field(default_factory=list, description="extra pip requirements (environment: pyproject)")
     excludes: list[str] = Field(default_factory=list, description="more working-dir paths to leave out")
+    py_modules: list[str] = Field(default_factory=list, description="local module files or package folders shipped "
+                                  "with the job (besides the reward modules the config names, found by r1 submit)")
 
 
 class ClusterConfig(_Strict):
@@ -313,6 +408,37 @@ class SFTConfig(_Strict):
     packing: bool = Field(False, description="lay examples end to end in rows of max_length tokens (each "
                           "attends only to itself) instead of padding them")
     eval: bool = Field(True, description="held-out eval of the result")
+
+
+class ColdStartConfig(SFTConfig):
+    """Stage 1: SFT on demonstrations. ``data`` is a chat file with ``messages`` (a string, as before) or a
+    source mapping (:class:`SourceSpec`: its ``messages_field``, else R1-format demonstrations of the rows with
+    a ``solution``); default: the demonstrations of the train split (``data.tasks`` and ``data.sources``)."""
+
+    data: str | SourceSpec | None = Field(None, description="a chat file with 'messages', or a source mapping "
+                                          "(path, messages_field, prompt_field, ...); default: the train split's "
+                                          "demonstrations")
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _source_form(cls, data: Any) -> Any:
+        # A mapping is validated here so that its first problem is the error, in one line (the union's own
+        # error would report each member it tried, starting with "not a string").
+        if data is None or isinstance(data, (str, SourceSpec)):
+            return data
+        if not isinstance(data, dict):
+            raise ValueError("expected a chat file (a string) or a source mapping (path, messages_field, "
+                             "prompt_field, ...)")
+        try:
+            return SourceSpec.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(part) for part in err["loc"])
+            if err["type"] == "extra_forbidden":
+                raise ValueError(f"unknown key '{loc}'; known keys: {', '.join(SourceSpec.model_fields)}") from None
+            if err["type"] == "missing":
+                raise ValueError(f"'{loc}' is required") from None
+            raise ValueError(f"{loc}={err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
 class RejectionConfig(_Strict):
@@ -421,7 +547,7 @@ class RecipeConfig(_Strict):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
-    cold_start: SFTConfig = Field(default_factory=SFTConfig)
+    cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
     rejection: RejectionConfig = Field(default_factory=RejectionConfig)
     sft: SFTConfig = Field(default_factory=lambda: SFTConfig(epochs=2.0))
     reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)

@@ -50,11 +50,13 @@ def run_eval(cfg: RecipeConfig, *, model: str | None = None, data: str | None = 
     from trainer.model_io import resolve_model
 
     from .data import eval_samples
+    from .eval_labels import eval_destination
+    from .eval_rewards import eval_scoring
     from tasks.prompting import template_prefills_think
 
     model_dir = resolve_model(model or cfg.model.name)
-    label = label or Path(model_dir).name
-    out_dir = Path(out) if out else cfg.run_dir() / "eval" / label
+    # A unique label per model; another model's eval is never overwritten (pipeline.eval_labels).
+    label, out_dir = eval_destination(cfg.run_dir(), model_dir, label=label, out=out)
     samples = samples if samples is not None else eval_samples(cfg, data)
     if cfg.eval.limit_per_task:
         samples = _limit_per_task(samples, cfg.eval.limit_per_task)
@@ -62,17 +64,18 @@ def run_eval(cfg: RecipeConfig, *, model: str | None = None, data: str | None = 
     prefilled = cfg.rewards.prefilled_think
     if prefilled == "auto":
         prefilled = template_prefills_think(tokenizer, cfg.data.system_prompt)
+    scoring = eval_scoring(cfg, prefilled)  # eval.rewards over the recipe's rewards (pipeline.eval_rewards)
     own_engine = engine is None
     if own_engine:
         log.info("starting %s engine for %s", cfg.rollout.engine, model_dir)
         engine = build_engine(cfg.rollout.engine, model_dir, **engine_options(cfg))
     try:
         metrics = evaluate(engine, tokenizer, samples, system_prompt=cfg.data.system_prompt,
-                           sampling=eval_sampling(cfg), ks=cfg.eval.k, prefilled_think=prefilled, out_dir=out_dir)
+                           sampling=eval_sampling(cfg), ks=cfg.eval.k, out_dir=out_dir, scoring=scoring)
     finally:
         if own_engine:
             engine.close()
-    table = format_table(metrics)
+    table = format_table(metrics, scoring)
     (out_dir / "table.txt").write_text(table + "\n")
     (out_dir / "model.json").write_text(json.dumps({"model": model_dir, "label": label, "n": len(samples)}))
     return metrics, table

@@ -24,14 +24,15 @@ def run_rejection_sample(cfg: RecipeConfig, *, model: str | None = None, out: st
                             non_reasoning_ratio=r.non_reasoning_ratio)
 
 
-def filter_settings(cfg: RecipeConfig, max_per_prompt: int):
+def filter_settings(cfg: RecipeConfig, max_per_prompt: int, format_style: str | None = None):
     from stages.rejection_filters import FilterSettings
 
     r = cfg.rejection
     return FilterSettings(min_language_consistency=r.min_language_consistency,
                           max_paragraph_chars=r.max_paragraph_chars,
                           max_repeated_ngram_fraction=r.max_repeated_ngram_fraction,
-                          allow_code_blocks=r.allow_code_blocks, max_per_prompt=max_per_prompt)
+                          allow_code_blocks=r.allow_code_blocks, max_per_prompt=max_per_prompt,
+                          format_style=format_style or "r1")
 
 
 def verified_dataset(cfg: RecipeConfig, model: str, out_dir: Path, *, prompts: int | None, n_samples: int,
@@ -50,6 +51,7 @@ def verified_dataset(cfg: RecipeConfig, model: str, out_dir: Path, *, prompts: i
     from .actors import RemoteEngine
     from .cluster import release_rollout, start_rollout
     from .data import build_splits, general_splits
+    from .eval_rewards import recipe_scoring
     from tasks.prompting import template_prefills_think
 
     model_dir = resolve_model(model)
@@ -57,6 +59,8 @@ def verified_dataset(cfg: RecipeConfig, model: str, out_dir: Path, *, prompts: i
     prefilled = cfg.rewards.prefilled_think
     if prefilled == "auto":
         prefilled = template_prefills_think(tokenizer, cfg.data.system_prompt)
+    # Correct and well-formed by the training rewards' own extraction and layout (rewards.items).
+    scoring = recipe_scoring(cfg, prefilled)
     train, _ = build_splits(cfg)
     general = set(cfg.rejection.non_reasoning_tasks)
     reasoning = [s for s in train if s.get("task") not in general]
@@ -73,10 +77,11 @@ def verified_dataset(cfg: RecipeConfig, model: str, out_dir: Path, *, prompts: i
     try:
         candidates = sample_candidates(RemoteEngine(handle), tokenizer, reasoning,
                                        system_prompt=cfg.data.system_prompt, sampling=spec,
-                                       prefilled_think=prefilled)
+                                       prefilled_think=prefilled, scoring=scoring)
     finally:
         release_rollout(handle)
-    rows, stats = build_dataset(candidates, non_reasoning, filter_settings(cfg, max_per_prompt),
+    style = scoring.format_style() if scoring.format.get("name") == "format" else None
+    rows, stats = build_dataset(candidates, non_reasoning, filter_settings(cfg, max_per_prompt, style),
                                 ratio=non_reasoning_ratio, seed=cfg.run.seed, system_prompt=cfg.data.system_prompt,
                                 prefilled_think=prefilled)
     if stats["kept_reasoning"] == 0 and allow_empty:

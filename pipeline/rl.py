@@ -62,6 +62,7 @@ def build_plan(cfg: RecipeConfig, tokenizer, out_dir: Path, *, prefilled_think: 
     from tasks.prompting import render_prompt_ids
 
     from .data import build_splits
+    from .eval_rewards import eval_scoring
     from .evaluation import _limit_per_task, eval_sampling
 
     job = job or reasoning_rl_job(cfg)
@@ -74,7 +75,8 @@ def build_plan(cfg: RecipeConfig, tokenizer, out_dir: Path, *, prefilled_think: 
     sampling = SamplingSpec(n=r.group_size, **resolve(r.sampling, cfg.rollout).model_dump(), seed=cfg.run.seed)
     return RLPlan(train=train, test=test, tokenizer=tokenizer, system_prompt=cfg.data.system_prompt, loop=r,
                   sampling=sampling, eval_sampling=eval_sampling(cfg), eval_ks=cfg.eval.k, grpo=grpo_settings(cfg, r),
-                  prefilled_think=prefilled_think, seed=cfg.run.seed, stage=job.stage, out_dir=out_dir,
+                  prefilled_think=prefilled_think, eval_scoring=eval_scoring(cfg, prefilled_think), seed=cfg.run.seed,
+                  stage=job.stage, out_dir=out_dir,
                   extra_manifest={"config_hash": cfg.hash()})
 
 

@@ -1,7 +1,8 @@
 """`r1 cold-start` (stage 1) and `r1 sft` (stage 4): SFT on chat examples via a trainer actor, then an eval.
 
 Both run the same code; they differ in their data and starting model:
-- cold start: the R1-format demonstrations of the train split (or ``cold_start.data``), from ``model.name``;
+- cold start: the demonstrations of the train split (or ``cold_start.data``: a chat file or a source), from
+  ``model.name``;
 - sft: the rejection-sampled dataset of stage 3 (or ``sft.data``), again from the *base* model.
 """
 from __future__ import annotations
@@ -16,18 +17,12 @@ log = logging.getLogger("r1.sft")
 
 
 def run_cold_start(cfg: RecipeConfig, *, out: str | None = None) -> dict:
-    """Stage 1: fine-tune ``cold_start.init_model`` (default ``model.name``) on the demos; evaluate the result."""
-    from tasks import make_demonstration
-
-    from .data import build_splits
+    """Stage 1: fine-tune ``cold_start.init_model`` (default ``model.name``) on the demos
+    (:func:`pipeline.data.cold_start_examples`); evaluate the result."""
+    from .data import cold_start_examples
 
     c = cfg.cold_start
-    if c.data:
-        examples = read_chat_examples(c.data, field="cold_start.data")
-    else:
-        train_samples, _ = build_splits(cfg)
-        examples = [make_demonstration(s, system_prompt=cfg.data.system_prompt) for s in train_samples
-                    if s.get("solution")]
+    examples = cold_start_examples(cfg)  # none at all: a one-line error before any actor starts
     out_dir = Path(out) if out else cfg.run_dir() / "cold_start"
     return run_sft(cfg, c, examples, out_dir=out_dir, stage="cold_start", init_model=c.init_model or cfg.model.name)
 

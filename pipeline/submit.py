@@ -4,7 +4,8 @@ What a submission sends: the project as the job's working dir (venvs, runs, cach
 runtime env built from the project (the nodes' own environment of the project, or a pip env Ray builds from
 ``pyproject.toml``), and an entrypoint that runs ``python -m pipeline.cli <command> -c <config> <overrides>``
 with an absolute ``run.output_dir``: the job's working dir is Ray's temporary copy, deleted after the job,
-so a relative run dir would put every artifact where it is lost.
+so a relative run dir would put every artifact where it is lost. Users' reward modules that the config names
+and that live outside the project travel as the runtime env's ``py_modules`` (:func:`shipped_modules`).
 """
 from __future__ import annotations
 
@@ -103,6 +104,9 @@ def job_runtime_env(cfg, root: Path = ROOT) -> dict:
             env_vars[key] = os.environ[key]
     runtime_env: dict = {"working_dir": str(root), "excludes": WORKING_DIR_EXCLUDES + list(job.excludes),
                          "env_vars": env_vars}
+    py_modules = shipped_modules(cfg, root)
+    if py_modules:
+        runtime_env["py_modules"] = py_modules
     if job.environment == "pyproject":
         c = cfg.cluster
         on_gpu = any(getattr(c, r).num_gpus for r in ("rollout", "trainer", "reference"))
@@ -111,6 +115,106 @@ def job_runtime_env(cfg, root: Path = ROOT) -> dict:
         raise SubmitError("cluster.job.pip is for cluster.job.environment=pyproject (an existing environment is "
                           "used as it is)")
     return runtime_env
+
+
+# ---- users' modules: what the config names, shipped with the job ---------------------------------------------
+
+def named_modules(cfg) -> list[tuple[str, str]]:
+    """``(module, where)`` for every module the config names: the module part of each ``module:function`` reward
+    item (``rewards.items``, ``general_rl.rewards``, any list of reward items) and each ``rewards.plugins`` entry."""
+    found: dict[str, str] = {}
+
+    def walk(node, where: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{where}.{key}" if where else str(key))
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                if isinstance(item, dict) and {"name", "weight"} <= set(item) and ":" in str(item["name"]):
+                    found.setdefault(str(item["name"]).partition(":")[0], f"{where}.{i}")
+                else:
+                    walk(item, f"{where}.{i}")
+
+    walk(cfg.model_dump(mode="json"), "")
+    for i, module in enumerate(cfg.rewards.plugins):
+        found.setdefault(module, f"rewards.plugins.{i}")
+    return list(found.items())
+
+
+def module_location(module: str) -> Path | None:
+    """The file (a module) or folder (a package) of ``module``'s top-level name, found as an import here would
+    find it (the working directory, ``PYTHONPATH``, the environment); None if it is not importable here."""
+    import importlib.util
+
+    top = module.split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0]).resolve()
+    if spec.origin and spec.origin not in ("built-in", "frozen") and Path(spec.origin).is_file():
+        return Path(spec.origin).resolve()
+    return Path(sys.prefix)  # built in: part of the environment
+
+
+def _in_environment(path: Path) -> bool:
+    """Whether ``path`` belongs to the Python environment (site-packages, the stdlib): the nodes have their own."""
+    import site
+    import sysconfig
+
+    homes = {sys.prefix, sys.base_prefix, sysconfig.get_paths()["purelib"], *site.getsitepackages()}
+    return any(path.is_relative_to(Path(h).resolve()) for h in homes if h)
+
+
+def shipped_modules(cfg, root: Path = ROOT) -> list[str]:
+    """The ``py_modules`` of the job's runtime env: the config's modules that live outside the project (the
+    working dir) and the environment (a module file or its top-level package folder), then
+    ``cluster.job.py_modules``. A named module not importable here, or a listed path that does not exist, is a
+    :class:`SubmitError`, before anything is submitted."""
+    shipped: list[str] = []
+    for module, where in named_modules(cfg):
+        path = module_location(module)
+        if path is None:
+            raise SubmitError(f"{where}: module {module!r} is not importable here (the working directory "
+                              f"{os.getcwd()}, PYTHONPATH, the environment), so it cannot be shipped with the job; "
+                              "run r1 submit where it imports, or list its folder in cluster.job.py_modules")
+        if not path.is_relative_to(root.resolve()) and not _in_environment(path):
+            shipped.append(_as_folder(path))
+    for entry in cfg.cluster.job.py_modules:
+        if "://" in entry:  # a URI Ray fetches itself (a wheel, a zip)
+            shipped.append(entry)
+            continue
+        path = Path(entry).expanduser().resolve()
+        if not path.exists():
+            raise SubmitError(f"cluster.job.py_modules: {entry} not found (from {os.getcwd()})")
+        shipped.append(_as_folder(path))
+    return list(dict.fromkeys(shipped))
+
+
+_staging: Path | None = None
+
+
+def _as_folder(path: Path) -> str:
+    """A ``py_modules`` entry for ``path``: a package folder as it is; a one-file module ``name.py`` as a folder
+    ``name/`` holding it as ``__init__.py`` (imported the same way: Ray 2.60's job client uploads a ``.py`` entry
+    as if it were a folder, and fails), staged in a temporary folder removed at exit."""
+    global _staging
+    if path.is_dir() or path.suffix != ".py":
+        return str(path)
+    import atexit
+    import shutil
+    import tempfile
+
+    if _staging is None:
+        _staging = Path(tempfile.mkdtemp(prefix="r1-py-modules-"))
+        atexit.register(shutil.rmtree, _staging, True)
+    folder = _staging / path.stem
+    folder.mkdir(exist_ok=True)
+    shutil.copyfile(path, folder / "__init__.py")
+    return str(folder)
 
 
 def durable_output_dir(output_dir: str, base: Path | None = None) -> str:

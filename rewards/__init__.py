@@ -11,7 +11,7 @@ from rewards.instruction import instruction_reward
 from rewards.language import language_consistency_reward
 from rewards.length import overlong_penalty
 from rewards.code import code_reward, extract_code
-from rewards.registry import RewardSpec, correctness_reward, register, resolve, weighted_sum
+from rewards.registry import RewardFailure, RewardSpec, correctness_reward, register, resolve, weighted_sum
 
 __all__ = [
     "Reward",
@@ -28,6 +28,7 @@ __all__ = [
     "register",
     "resolve",
     "RewardSpec",
+    "RewardFailure",
     "weighted_sum",
     "extract_answer_block",
     "extract_think_block",

@@ -1,22 +1,22 @@
-"""Math accuracy reward: the final answer in the ``<answer>`` block, checked against the gold answer with
-math-verify, safe to call from any thread and inside Ray workers."""
+"""Math accuracy reward: the final answer (in the ``<answer>`` block, the last ``\\boxed{}`` or the last number,
+by ``answer_format``), checked against the gold answer with math-verify, safe to call from any thread and
+inside Ray workers."""
 from __future__ import annotations
 
 import math
-import re
 import signal
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
+from rewards.answers import extract_final_answer
 from rewards.base import Reward
-from rewards.format import extract_answer_block
+from rewards.boxed import final_answer_text
 from rewards.math_check import check_equivalence
 from rewards.math_check_pool import shared_pool
 
 DEFAULT_MAX_ANSWER_CHARS = 1000
-# Tokens of a left-to-right brace scan: a \boxed opener, an escaped brace (not structural), a brace.
-_BRACE_TOKEN_RE = re.compile(r"\\boxed\s*\{|\\[{}]|[{}]")
+__all__ = ["accuracy_reward", "final_answer_text"]
 
 
 def accuracy_reward(
@@ -26,11 +26,17 @@ def accuracy_reward(
     timeout_s: float = 5.0,
     max_answer_chars: int | None = DEFAULT_MAX_ANSWER_CHARS,
     isolate: bool = True,
+    answer_format: Literal["tags", "boxed", "last_number", "auto"] = "tags",
+    prefilled_think: bool = False,
 ) -> Reward:
     """1.0 iff the final answer equals ``sample["answer"]`` according to math-verify, else 0.0.
 
-    The final answer is the content of the last ``\\boxed{...}`` in the last ``<answer>`` block, or the
-    whole block if it has none. Bare answers work: ``42``, ``-7``, ``3/4``, ``0.5``, ``\\frac{1}{2}``.
+    Where the final answer is depends on ``answer_format`` (see :mod:`rewards.answers`): ``tags`` (the R1
+    default) reads the last ``<answer>`` block (the last ``\\boxed{...}`` in it, or the whole block);
+    ``boxed`` the last box after ``</think>``; ``last_number`` the last number after ``</think>``; ``auto``
+    the block if there is one, else the last box, else the last number. ``prefilled_think``: the prompt
+    opened the think block, so without a ``</think>`` nothing is final yet.
+    Bare answers work: ``42``, ``-7``, ``3/4``, ``0.5``, ``\\frac{1}{2}``.
     Answers longer than ``max_answer_chars`` are rejected before parsing (None: no limit).
 
     Time and memory: with ``isolate=True`` (default) the check runs in a helper process (see
@@ -42,7 +48,8 @@ def accuracy_reward(
     main thread falls back to the in-process check (logged) and other threads get
     ``verifier_unavailable``.
 
-    Reasons: ``ok``, ``wrong``, ``no_answer_block``, ``empty_answer``, ``answer_too_long``,
+    Reasons: ``ok``, ``wrong``, ``no_answer_block`` / ``no_boxed`` / ``no_number`` / ``no_answer`` /
+    ``unclosed_think`` (no final answer, by format), ``empty_answer``, ``answer_too_long``,
     ``unparsable_gold``, ``unparsable_answer``, ``timeout``; rarely ``verifier_unavailable`` or
     ``verifier_crashed`` (a helper process could not start or died).
     """
@@ -50,12 +57,9 @@ def accuracy_reward(
         math.isfinite(timeout_s) and timeout_s > 0
     ):
         raise ValueError(f"accuracy_reward: timeout_s must be a positive number, got {timeout_s!r}")
-    block = extract_answer_block(completion)
-    if block is None:
-        return Reward(0.0, "no_answer_block")
-    answer = final_answer_text(block)
-    if not answer:
-        return Reward(0.0, "empty_answer")
+    answer, missing = extract_final_answer(completion, answer_format, prefilled_think)
+    if answer is None:
+        return Reward(0.0, missing)
     if max_answer_chars is not None and len(answer) > max_answer_chars:
         return Reward(0.0, "answer_too_long")
     gold = sample.get("answer")
@@ -72,31 +76,6 @@ def accuracy_reward(
     else:
         ok, reason = check_equivalence(gold, answer, timeout_s)
     return Reward(1.0 if ok else 0.0, reason)
-
-
-def final_answer_text(text: str) -> str:
-    """The content of the last balanced ``\\boxed{...}`` in ``text`` (stripped), else ``text`` stripped.
-
-    One left-to-right scan; escaped braces ``\\{`` ``\\}`` are content, not structure. "Last" is the box
-    that closes last, so a box nested in another yields the outer one.
-    """
-    stack: list[int | None] = []  # for each open brace: content start if it opened a \boxed, else None
-    last: tuple[int, int] | None = None
-    for token in _BRACE_TOKEN_RE.finditer(text):
-        tok = token.group()
-        if tok.startswith("\\boxed"):
-            stack.append(token.end())
-        elif tok == "{":
-            stack.append(None)
-        elif tok == "}":
-            if not stack:
-                continue  # a stray closer cannot end a box
-            start = stack.pop()
-            if start is not None:
-                last = (start, token.start())
-    if last is None:
-        return text.strip()
-    return text[last[0] : last[1]].strip()
 
 
 def _alarms_usable() -> bool:

@@ -11,9 +11,11 @@ import re
 from collections import Counter
 from collections.abc import Mapping
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal
 
+from rewards.answers import check_answer_format, text_after_think
 from rewards.base import Reward
+from rewards.boxed import last_boxed
 from rewards.format import extract_answer_block
 
 # Long enough for any honest expression over a handful of numbers; bounds parsing work on junk.
@@ -29,23 +31,42 @@ class _Invalid(Exception):
     pass
 
 
-def countdown_reward(completion: str, sample: Mapping[str, Any], *, use_all: bool = True) -> Reward:
+def countdown_reward(
+    completion: str,
+    sample: Mapping[str, Any],
+    *,
+    use_all: bool = True,
+    answer_format: Literal["tags", "boxed", "last_number", "auto"] = "tags",
+    prefilled_think: bool = False,
+) -> Reward:
     """1.0 iff the ``<answer>`` block is an expression over ``sample["numbers"]`` that equals
     ``sample["target"]``.
+
+    With any ``answer_format`` other than ``tags`` (the default), an expression in the last ``\\boxed{}``
+    after ``</think>`` counts when there is no ``<answer>`` block (an expression is never a "last number",
+    so ``last_number`` and ``auto`` read boxes too); ``prefilled_think`` as in :mod:`rewards.answers`.
 
     Each number must be used exactly once (``use_all=True``) or at most once (``use_all=False``). An
     optional trailing ``= <target>`` is allowed; a trailing ``= <other number>`` counts as a wrong value.
 
     Reasons: ``ok``, ``no_answer_block``, ``invalid_expression`` (also for over-long expressions),
     ``wrong_numbers``, ``wrong_value``, ``division_by_zero``, ``invalid_sample`` (the sample lacks
-    integer ``numbers``/``target``).
+    integer ``numbers``/``target``); outside ``tags`` also ``no_boxed`` and ``unclosed_think``.
     """
+    check_answer_format(answer_format)
     try:
         numbers = Counter(_as_int(n) for n in sample["numbers"])
         target = _as_int(sample["target"])
     except (KeyError, TypeError, ValueError, OverflowError):
         return Reward(0.0, "invalid_sample")
     block = extract_answer_block(completion)
+    if block is None and answer_format != "tags":
+        region = text_after_think(completion, prefilled_think)
+        if region is None:
+            return Reward(0.0, "unclosed_think")
+        block = last_boxed(region)
+        if block is None:
+            return Reward(0.0, "no_boxed")
     if block is None:
         return Reward(0.0, "no_answer_block")
     expression = block.translate(_OPERATOR_SPELLINGS)

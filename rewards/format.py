@@ -1,27 +1,40 @@
-"""Format reward for the R1 output layout, and the block extractors the other rewards use.
+"""Format reward for the R1 output layout (or the think + ``\\boxed{}`` one), and the block extractors the
+other rewards use.
 
-The layout is ``<think>reasoning</think><answer>final answer</answer>``, optionally surrounded by
-whitespace and with whitespace between the two blocks. Chat templates that pre-fill ``<think>`` into the
-prompt (a frequent cause of "the format reward is always 0") are handled by ``prefilled_think=True``: the
-completion then starts inside the think block and must not open another one.
+The R1 layout (``style="r1"``) is ``<think>reasoning</think><answer>final answer</answer>``, optionally
+surrounded by whitespace and with whitespace between the two blocks. The R1-distill / OpenR1 / MATH layout
+(``style="think_boxed"``) is ``<think>reasoning</think> answer text with \\boxed{final answer}``. Chat
+templates that pre-fill ``<think>`` into the prompt (a frequent cause of "the format reward is always 0")
+are handled by ``prefilled_think=True``: the completion then starts inside the think block and must not
+open another one.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from rewards.base import Reward
+from rewards.boxed import last_boxed
 
 _TAG_RE = re.compile(r"</?(?:think|answer)>")
 _ANSWER_TAG_RE = re.compile(r"</?answer>")
+_THINK_TAG_RE = re.compile(r"</?think>")
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+FORMAT_STYLES: tuple[str, ...] = ("r1", "think_boxed")
 
 
 def format_reward(
-    completion: str, sample: Mapping[str, Any] | None = None, *, prefilled_think: bool = False
+    completion: str,
+    sample: Mapping[str, Any] | None = None,
+    *,
+    prefilled_think: bool = False,
+    style: Literal["r1", "think_boxed"] = "r1",
 ) -> Reward:
     """1.0 iff ``completion`` is exactly one think block followed by one non-empty answer block.
+
+    ``style="think_boxed"`` checks the R1-distill / OpenR1 / MATH layout instead (see
+    :func:`think_boxed_problem`): one closed think block, then an answer with a ``\\boxed{…}``.
 
     Surrounding whitespace and whitespace between the blocks are ignored; any other text outside the
     blocks, and any extra, nested or stray ``<think>``, ``</think>``, ``<answer>``, ``</answer>`` give 0.0.
@@ -34,8 +47,49 @@ def format_reward(
     closing tag without its opening one), ``empty_answer``, ``repeated_tag``, ``nested_tag``,
     ``text_outside_tags``, ``wrong_order``.
     """
-    reason = _format_problem(completion, prefilled_think)
+    check_format_style(style)
+    if style == "think_boxed":
+        reason = think_boxed_problem(completion, prefilled_think)
+    else:
+        reason = _format_problem(completion, prefilled_think)
     return Reward(1.0 if reason == "ok" else 0.0, reason)
+
+
+def check_format_style(style: str) -> None:
+    """Raise ``ValueError`` (one line, the accepted values) unless ``style`` is a known format style."""
+    if style not in FORMAT_STYLES:
+        raise ValueError(f"style={style!r}: expected one of {', '.join(FORMAT_STYLES)}")
+
+
+def think_boxed_problem(completion: str, prefilled_think: bool = False) -> str:
+    """``"ok"`` iff ``completion`` is one closed think block followed by an answer with a ``\\boxed{…}``;
+    else the first problem found.
+
+    Before ``<think>`` only whitespace may come; with ``prefilled_think=True`` the prompt opened the block,
+    so the completion must not. The answer (everything after ``</think>``) may hold any text, ``<answer>``
+    tags included, as long as a balanced, non-empty box is in it; a box inside the think block does not
+    count. Reasons: ``ok``, ``empty``, ``missing_think`` (no think block, unclosed, or a ``</think>``
+    without its ``<think>``), ``repeated_tag``, ``text_outside_tags`` (text before ``<think>``),
+    ``missing_answer`` (nothing after ``</think>``), ``missing_boxed``, ``empty_answer`` (an empty box).
+    """
+    text = completion.strip()
+    if not text:
+        return "empty"
+    tags = [m.group() for m in _THINK_TAG_RE.finditer(text)]
+    expected = [_THINK_CLOSE] if prefilled_think else [_THINK_OPEN, _THINK_CLOSE]
+    if tags != expected:
+        if tags.count(_THINK_OPEN) > len(expected) - 1 or tags.count(_THINK_CLOSE) > 1:
+            return "repeated_tag"  # with prefilled_think, any <think> repeats the prompt's
+        return "missing_think"
+    if not prefilled_think and not text.startswith(_THINK_OPEN):
+        return "text_outside_tags"
+    answer = text[text.index(_THINK_CLOSE) + len(_THINK_CLOSE):]
+    if not answer.strip():
+        return "missing_answer"
+    box = last_boxed(answer)
+    if box is None:
+        return "missing_boxed"
+    return "ok" if box else "empty_answer"
 
 
 def _format_problem(completion: str, prefilled_think: bool) -> str:

@@ -5,23 +5,30 @@ Configs name rewards (``format``, ``accuracy``, ...) or point at a user's functi
 """
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import logging
 import math
 import numbers
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from rewards.accuracy import accuracy_reward
+from rewards.adapters import (NOT_APPLICABLE, Adapted, adapt, batch_call, batch_values, check_options, item_call,
+                              not_applicable, run_async, to_part)
+from rewards.answers import check_answer_format
 from rewards.base import Reward, reason_of
 from rewards.code import code_reward
 from rewards.countdown import countdown_reward
+from rewards.failures import FailureWatch, RewardFailure, describe
 from rewards.format import format_reward
 from rewards.instruction import instruction_reward
 from rewards.language import language_consistency_reward
 from rewards.length import overlong_penalty
+from rewards.reasoning_gym_reward import reasoning_gym_reward
 
 logger = logging.getLogger(__name__)
 
@@ -33,27 +40,50 @@ RewardFn = Callable[..., float]
 _NOT_VERIFIERS = frozenset({"correctness", "format", "language_consistency", "overlong"})
 
 
-def correctness_reward(completion: str, sample: Mapping[str, Any], *, timeout_s: float = 5.0) -> Reward:
+def correctness_reward(completion: str, sample: Mapping[str, Any], *, timeout_s: float = 5.0,
+                       answer_format: Literal["tags", "boxed", "last_number", "auto"] = "tags",
+                       prefilled_think: bool = False) -> Reward:
     """1.0 iff the completion is correct by the reward named in ``sample.get("verifier", "accuracy")``.
 
     ``accuracy`` (math, with ``timeout_s``), ``countdown`` and ``instruction`` (correct = every constraint
     satisfied) are built in; any other name is looked up among registered rewards (e.g. ``code``:
     :func:`rewards.code.code_reward`, the sample's ``tests`` run in the sandbox, pass fraction) and
-    called without options. Sample data never names a module to import. Unknown names
+    called with ``answer_format`` / ``prefilled_think`` where it takes them. Sample data never names a
+    module to import. Unknown names
     give 0.0 with reason ``unknown_verifier:<name>``; otherwise the verifier's own reason is kept.
+
+    ``answer_format`` (``tags`` | ``boxed`` | ``last_number`` | ``auto``, see :mod:`rewards.answers`) says
+    where the final answer is, for math and countdown (which reads a box, never a bare number);
+    ``instruction`` and ``code`` read the ``<answer>`` block. ``prefilled_think``: the prompt opened
+    ``<think>``.
     """
+    check_answer_format(answer_format)
     name = sample.get("verifier") or "accuracy"
     if name == "accuracy":
-        return accuracy_reward(completion, sample, timeout_s=timeout_s)
+        return accuracy_reward(completion, sample, timeout_s=timeout_s, answer_format=answer_format,
+                               prefilled_think=prefilled_think)
     if name == "countdown":
-        return countdown_reward(completion, sample)
+        return countdown_reward(completion, sample, answer_format=answer_format, prefilled_think=prefilled_think)
     if name == "instruction":
         return instruction_reward(completion, sample, all_or_nothing=True)
     verifier = registered(name) if isinstance(name, str) and name not in _NOT_VERIFIERS else None
     if verifier is None:
         return Reward(0.0, f"unknown_verifier:{name}")
-    value = verifier(completion, sample)
+    # Where the answer is (answer_format, prefilled_think) reaches every verifier that reads one, e.g.
+    # reasoning_gym; one that takes neither is called as before.
+    where = {"answer_format": answer_format, "prefilled_think": prefilled_think}
+    value = verifier(completion, sample, **_accepted(verifier, where))
     return value if isinstance(value, Reward) else Reward(float(value), reason_of(value))
+
+
+def _accepted(fn: RewardFn, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``options`` that ``fn`` takes as keyword arguments."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: v for k, v in options.items() if k in params
+            and params[k].kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
 
 
 _REGISTRY: dict[str, RewardFn] = {
@@ -65,6 +95,7 @@ _REGISTRY: dict[str, RewardFn] = {
     "overlong": overlong_penalty,
     "correctness": correctness_reward,
     "code": code_reward,
+    "reasoning_gym": reasoning_gym_reward,  # reasoning-gym tasks' own scorers (the optional extra `gym`)
 }
 
 
@@ -107,6 +138,16 @@ def register(name: str, *, override: bool = False) -> Callable[[RewardFn], Rewar
         return fn
 
     return decorator
+
+
+def import_plugins(modules: Iterable[str]) -> None:
+    """Import each module of ``rewards.plugins`` (their ``@register`` calls add reward names); a module that
+    fails to import raises ``ValueError`` in one line naming it and the error."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # ImportError, or whatever the module raised while importing
+            raise ValueError(f"cannot import reward plugin {module!r}: {describe(exc)}") from exc
 
 
 def registered(name: str) -> RewardFn | None:
@@ -171,29 +212,43 @@ class RewardSpec:
 SpecLike = Union[RewardSpec, str, RewardFn, tuple, list, Mapping[str, Any]]
 
 
-def weighted_sum(specs: Iterable[SpecLike]) -> "WeightedSum":
-    """A scoring function ``score(completion, sample) -> (total, parts)`` for a list of rewards.
+def weighted_sum(specs: Iterable[SpecLike], *, prefilled_think: bool = False, fail_after: int = 16) -> "WeightedSum":
+    """A scoring function ``score(completion, sample) -> (total, parts)`` for a list of rewards, also
+    ``score.score_batch(completions, samples)`` for a batch.
 
     Each spec is a :class:`RewardSpec`, a ``(name_or_fn, weight, options)`` tuple (weight and options
     optional), a ``{"name", "weight", "options", "label"}`` mapping (as in YAML configs), or a bare name
-    or function (a mapping may also give ``tasks``). Names and options are checked here, so a typo fails
-    at start-up, not mid-run.
+    or function (a mapping may also give ``tasks``). Names, signatures and options are checked here, so a
+    typo or a function of no known form fails at start-up, not mid-run. Rewards may be ours, TRL's or verl's
+    form, sync or async (:mod:`rewards.adapters`). ``prefilled_think`` goes to every reward with a
+    ``prefilled_think`` parameter whose options do not set it.
 
     While scoring, a reward that raises contributes 0 with reason ``error:<ExceptionType>`` (logged once
-    per reward and exception type) and one that returns something non-numeric or non-finite contributes 0
-    with reason ``invalid_value``: a long run survives a user's buggy reward, and the metrics show it.
+    per reward and exception type), one that returns something non-numeric or non-finite contributes 0 with
+    reason ``invalid_value``, and ``None`` means "does not apply" (reason ``not_applicable``, left out of the
+    total): a long run survives a user's occasionally failing reward, and the metrics show it. A reward that
+    fails on every one of its first ``fail_after`` calls raises :class:`RewardFailure` (one line).
     """
-    return WeightedSum([_as_spec(s) for s in specs])
+    return WeightedSum([_as_spec(s) for s in specs], prefilled_think=prefilled_think, fail_after=fail_after)
+
+
+@dataclass
+class _Term:
+    label: str
+    reward: Adapted
+    weight: float
+    options: dict[str, Any]
+    tasks: frozenset[str] | None
+    watch: FailureWatch
 
 
 class WeightedSum:
     """See :func:`weighted_sum`. Picklable when its reward functions are (module-level functions are)."""
 
-    def __init__(self, specs: list[RewardSpec]) -> None:
+    def __init__(self, specs: list[RewardSpec], *, prefilled_think: bool = False, fail_after: int = 16) -> None:
         if not specs:
             raise ValueError("weighted_sum needs at least one reward")
-        self.terms: list[tuple[str, RewardFn, float, dict[str, Any]]] = []
-        self.tasks: dict[str, frozenset[str]] = {}  # label -> the tasks a restricted term scores
+        self.terms: list[_Term] = []
         labels: set[str] = set()
         for spec in specs:
             fn = resolve(spec.name)
@@ -205,42 +260,102 @@ class WeightedSum:
             weight = spec.weight
             if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
                 raise ValueError(f"reward {label!r}: weight must be a finite number, got {weight!r}")
+            reward = adapt(fn, label)
             options = dict(spec.options or {})
-            _check_options(label, fn, options)
-            self.terms.append((label, fn, float(weight), options))
+            if reward.accepts("prefilled_think") and "prefilled_think" not in options:
+                options["prefilled_think"] = prefilled_think  # the chat template decides, for every reward
+            check_options(reward, label, options)
+            tasks = None
             if spec.tasks is not None:
                 if isinstance(spec.tasks, str) or not all(isinstance(t, str) for t in spec.tasks):
                     raise ValueError(f"reward {label!r}: tasks must be a list of task names, got {spec.tasks!r}")
-                self.tasks[label] = frozenset(spec.tasks)
+                tasks = frozenset(spec.tasks)
+            self.terms.append(_Term(label, reward, float(weight), options, tasks, FailureWatch(label, fail_after)))
         self._logged: set[tuple[str, str]] = set()
 
     def __call__(self, completion: str, sample: Mapping[str, Any]) -> tuple[float, dict[str, Reward]]:
-        total, parts = 0.0, {}
-        for label, fn, weight, options in self.terms:
-            scope = self.tasks.get(label)
-            if scope is not None and sample.get("task") not in scope:
-                parts[label] = Reward(0.0, "not_applicable")
-                continue
-            part = self._score_one(label, fn, options, completion, sample)
-            parts[label] = part
-            total += weight * part
-        return total, parts
+        """``(total, {label: Reward})`` of one completion."""
+        return self.score_batch([completion], [sample])[0]
 
-    def _score_one(self, label, fn, options, completion, sample) -> Reward:
-        try:
-            value = fn(completion, sample, **options)
-        except Exception as exc:
-            kind = type(exc).__name__
-            if (label, kind) not in self._logged:
-                self._logged.add((label, kind))
-                logger.exception("reward %r raised %s; scoring it 0 (logged once)", label, kind)
-            return Reward(0.0, f"error:{kind}")
-        if not isinstance(value, numbers.Real) or not math.isfinite(value):
-            return Reward(0.0, "invalid_value")
-        return value if isinstance(value, Reward) else Reward(float(value), reason_of(value))
+    def score_batch(self, completions: Sequence[str], samples: Sequence[Mapping[str, Any]], *,
+                    executor: Executor | None = None) -> list[tuple[float, dict[str, Reward]]]:
+        """``(total, {label: Reward})`` per completion, in order. A TRL-form reward is called once for the batch,
+        async per-item rewards of the batch are awaited together, and sync per-item rewards are mapped over
+        ``executor`` when given (threads: our rewards wait on helper processes, not on the GIL)."""
+        if len(completions) != len(samples):
+            raise ValueError(f"score_batch: {len(completions)} completions for {len(samples)} samples")
+        totals = [0.0] * len(completions)
+        parts: list[dict[str, Reward]] = [{} for _ in completions]
+        for term in self.terms:
+            rows = [i for i, s in enumerate(samples) if term.tasks is None or s.get("task") in term.tasks]
+            for i in range(len(samples)):
+                parts[i][term.label] = not_applicable()  # replaced below where the term applies
+            if not rows:
+                continue
+            scored = self._score_term(term, [completions[i] for i in rows], [samples[i] for i in rows], executor)
+            for i, part in zip(rows, scored):
+                parts[i][term.label] = part
+                if part.reason != NOT_APPLICABLE:
+                    totals[i] += term.weight * part
+        return list(zip(totals, parts))
+
+    def _score_term(self, term: _Term, completions: list[str], samples: list[Mapping[str, Any]],
+                    executor: Executor | None) -> list[Reward]:
+        reward, options = term.reward, term.options
+        if reward.batched:
+            try:
+                value = batch_call(reward, completions, samples, options)
+                if inspect.isawaitable(value):
+                    value = run_async(value)
+                values = batch_values(value, len(completions))
+            except Exception as exc:  # noqa: BLE001 -- a user's reward: every row of the batch failed
+                return [self._judge_error(term, exc, s) for s in samples]
+            return [self._judge(term, v, s) for v, s in zip(values, samples)]
+        if reward.is_async:
+            async def one(completion, sample):
+                try:
+                    value = item_call(reward, completion, sample, options)
+                    value = await value if inspect.isawaitable(value) else value
+                except Exception as exc:  # noqa: BLE001
+                    return self._judge_error(term, exc, sample)
+                return self._judge(term, value, sample)
+
+            async def every():
+                return await asyncio.gather(*(one(c, s) for c, s in zip(completions, samples)))
+
+            return run_async(every())
+
+        def one_sync(completion, sample):
+            try:
+                value = item_call(reward, completion, sample, options)
+                if inspect.isawaitable(value):  # a sync wrapper around a coroutine function
+                    value = run_async(value)
+            except Exception as exc:  # noqa: BLE001
+                return self._judge_error(term, exc, sample)
+            return self._judge(term, value, sample)
+
+        if executor is None or len(completions) == 1:
+            return [one_sync(c, s) for c, s in zip(completions, samples)]
+        return list(executor.map(one_sync, completions, samples))
+
+    def _judge(self, term: _Term, value: Any, sample: Mapping[str, Any]) -> Reward:
+        part, problem = to_part(value)
+        if problem is not None:
+            term.watch.failed(problem, sample)
+            return part
+        term.watch.ok()
+        return not_applicable() if part is None else part
+
+    def _judge_error(self, term: _Term, exc: Exception, sample: Mapping[str, Any]) -> Reward:
+        kind = type(exc).__name__
+        if (term.label, kind) not in self._logged:
+            self._logged.add((term.label, kind))
+            logger.error("reward %r raised %s; scoring it 0 (logged once)", term.label, kind, exc_info=exc)
+        term.watch.failed(describe(exc), sample)
+        return Reward(0.0, f"error:{kind}")
 
     def __repr__(self) -> str:
-        terms = ", ".join(f"{w:g}*{label}" for label, _, w, _ in self.terms)
+        terms = ", ".join(f"{t.weight:g}*{t.label}" for t in self.terms)
         return f"WeightedSum({terms})"
 
 
@@ -265,17 +380,6 @@ def _as_spec(spec: SpecLike) -> RewardSpec:
     raise ValueError(
         f"cannot read reward spec {spec!r}: expected RewardSpec, (name, weight, options) or a name"
     )
-
-
-def _check_options(label: str, fn: RewardFn, options: dict[str, Any]) -> None:
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return  # some callables (builtins, C extensions) have no signature to check against
-    try:
-        signature.bind("", {}, **options)
-    except TypeError as exc:
-        raise ValueError(f"reward {label!r}: options {options!r} do not fit {signature}: {exc}") from None
 
 
 def _name_of(fn: RewardFn) -> str:

@@ -1,15 +1,23 @@
-"""Evaluation: pass@1, pass@k, maj@k and format rate per task, run after every stage."""
+"""Evaluation: pass@1, pass@k, maj@k and format rate per task, run after every stage.
+
+What "correct" and "formatted" mean is configurable (:class:`EvalScoring`): one reward per role, by default
+the recipe's ``correctness`` (R1 ``<answer>`` tags) and ``format`` (R1 layout). Options such as
+``answer_format: boxed`` or ``style: think_boxed`` evaluate R1-distill / MATH-style models the way
+everyone else does, and the table and ``eval.json`` name the extraction used.
+"""
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from stages.eval_stats import majority_correct, mean_ci95, pass_at_k
-from rewards import correctness_reward, extract_answer_block, format_reward, reason_of
+from rewards import reason_of, resolve, weighted_sum
+from rewards.answers import ANSWER_FORMATS, extract_final_answer
 from rollout.types import Generation, SamplingSpec
 
 
@@ -40,19 +48,109 @@ class TaskMetrics:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
-def score_generation(sample: Mapping, generation: Generation, *, prefilled_think: bool = False) -> ScoredSample:
-    """Apply the sample's correctness verifier and the format reward to every completion."""
-    correct, formatted, answers, reasons, lengths, truncated = [], [], [], [], [], []
-    for comp in generation.completions:
-        verdict = correctness_reward(comp.text, sample)
-        correct.append(float(verdict) >= 1.0)
-        reasons.append(reason_of(verdict))
-        formatted.append(float(format_reward(comp.text, sample, prefilled_think=prefilled_think)) >= 1.0)
-        block = extract_answer_block(comp.text)
-        answers.append(" ".join(block.split()) if block else None)  # whitespace-normalised, for majority votes
-        lengths.append(len(comp.token_ids))
-        truncated.append(comp.truncated)
-    return ScoredSample(sample, correct, formatted, answers, reasons, lengths, truncated)
+@dataclass
+class EvalScoring:
+    """The two rewards an eval scores with, as reward specs ``{"name", "options"}`` (see
+    :func:`rewards.weighted_sum`): ``correctness`` decides "correct" (== 1.0), ``format`` "formatted".
+
+    ``prefilled_think`` reaches every reward that takes it. The defaults are the built-in ``correctness``
+    (``answer_format: tags``) and ``format`` (``style: r1``) rewards.
+    """
+
+    correctness: Mapping[str, Any] = field(default_factory=lambda: {"name": "correctness"})
+    format: Mapping[str, Any] = field(default_factory=lambda: {"name": "format"})
+    prefilled_think: bool = False
+    _sum: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def rewards(self):
+        """The :class:`rewards.registry.WeightedSum` that scores both roles (built once; checks the specs)."""
+        if self._sum is None:
+            specs = [{"name": self.correctness.get("name", "correctness"), "weight": 1.0, "label": "correctness",
+                      "options": dict(self.correctness.get("options") or {})},
+                     {"name": self.format.get("name", "format"), "weight": 0.0, "label": "format",
+                      "options": dict(self.format.get("options") or {})}]
+            self._sum = weighted_sum(specs, prefilled_think=self.prefilled_think)
+        return self._sum
+
+    def answer_format(self) -> str | None:
+        """The correctness reward's ``answer_format`` (given, else its default); None if it takes none."""
+        return _option(self.correctness, "answer_format")
+
+    def format_style(self) -> str | None:
+        """The format reward's ``style`` (given, else its default); None if it takes none."""
+        return _option(self.format, "style")
+
+    def describe(self) -> dict:
+        """What eval.json records: each role's reward and options, the extraction, ``prefilled_think``."""
+        roles = {role: {"name": _name(spec, role), "options": dict(spec.get("options") or {})}
+                 for role, spec in (("correctness", self.correctness), ("format", self.format))}
+        return {**roles, "answer_format": self.answer_format(), "format_style": self.format_style(),
+                "prefilled_think": self.prefilled_think}
+
+    def summary_line(self) -> str:
+        """One line for the table: ``scored by correctness (answer_format=boxed), format (style=r1)``."""
+        parts = []
+        for role, spec, key, value in (("correctness", self.correctness, "answer_format", self.answer_format()),
+                                       ("format", self.format, "style", self.format_style())):
+            name = _name(spec, role)
+            parts.append(f"{name} ({key}={value})" if value is not None else name)
+        think = ", prefilled <think>" if self.prefilled_think else ""
+        return f"scored by {parts[0]}, {parts[1]}{think}"
+
+
+def _name(spec: Mapping[str, Any], role: str) -> str:
+    name = spec.get("name", role)
+    return name if isinstance(name, str) else getattr(name, "__name__", repr(name))
+
+
+def _option(spec: Mapping[str, Any], key: str) -> Any:
+    options = spec.get("options") or {}
+    if key in options:
+        return options[key]
+    try:
+        parameter = inspect.signature(resolve(spec.get("name"))).parameters.get(key)
+    except (TypeError, ValueError):
+        return None
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
+def score_generations(samples: Sequence[Mapping], generations: Sequence[Generation],
+                      scoring: EvalScoring | None = None, *, executor=None) -> list[ScoredSample]:
+    """Score every completion of every prompt with ``scoring``'s rewards (one batch, so batched and async
+    rewards see it whole); the verdicts per prompt, in order."""
+    scoring = scoring or EvalScoring()
+    texts, rows = [], []
+    for sample, generation in zip(samples, generations, strict=True):
+        for comp in generation.completions:
+            texts.append(comp.text)
+            rows.append(sample)
+    scores = iter(scoring.rewards().score_batch(texts, rows, executor=executor))
+    answer_format = scoring.answer_format()
+    if answer_format not in ANSWER_FORMATS:
+        answer_format = "auto"  # a user's correctness reward: vote on wherever the answer is
+    out = []
+    for sample, generation in zip(samples, generations):
+        correct, formatted, answers, reasons, lengths, truncated = [], [], [], [], [], []
+        for comp in generation.completions:
+            _, parts = next(scores)
+            verdict, form = parts["correctness"], parts["format"]
+            correct.append(float(verdict) >= 1.0)
+            reasons.append(reason_of(verdict))
+            formatted.append(float(form) >= 1.0)
+            answer, _ = extract_final_answer(comp.text, answer_format, scoring.prefilled_think)
+            answers.append(" ".join(answer.split()) if answer else None)  # whitespace-normalised, for maj@k
+            lengths.append(len(comp.token_ids))
+            truncated.append(comp.truncated)
+        out.append(ScoredSample(sample, correct, formatted, answers, reasons, lengths, truncated))
+    return out
+
+
+def score_generation(sample: Mapping, generation: Generation, *, prefilled_think: bool = False,
+                     scoring: EvalScoring | None = None) -> ScoredSample:
+    """Score every completion of one prompt: ``scoring``'s correctness and format rewards (default: the
+    built-in ones with ``prefilled_think``)."""
+    scoring = scoring or EvalScoring(prefilled_think=prefilled_think)
+    return score_generations([sample], [generation], scoring)[0]
 
 
 def aggregate(scored: Sequence[ScoredSample], ks: Sequence[int]) -> dict[str, TaskMetrics]:
@@ -81,8 +179,9 @@ def _task_metrics(task: str, rows: Sequence[ScoredSample], ks: Sequence[int]) ->
     return m
 
 
-def format_table(metrics: Mapping[str, TaskMetrics]) -> str:
-    """A fixed-width table a person reads at the end of a run."""
+def format_table(metrics: Mapping[str, TaskMetrics], scoring: EvalScoring | None = None) -> str:
+    """A fixed-width table a person reads at the end of a run; with ``scoring``, a first line that names the
+    rewards and the answer extraction the numbers come from."""
     ks = sorted({k for m in metrics.values() for k in m.pass_at})
     head = ["task", "prompts", "pass@1", "95% CI"] + [f"pass@{k}" for k in ks if k != 1]
     head += [f"maj@{k}" for k in ks if k != 1] + ["format", "len"]
@@ -97,15 +196,16 @@ def format_table(metrics: Mapping[str, TaskMetrics]) -> str:
     widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
     out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
+    if scoring is not None:
+        out.insert(0, scoring.summary_line())
     return "\n".join(out)
 
 
 def evaluate(engine, tokenizer, samples: Sequence[Mapping], *, system_prompt: str | None, sampling: SamplingSpec,
              ks: Sequence[int], prefilled_think: bool = False, out_dir: Path | None = None,
-             progress: bool = True) -> dict[str, TaskMetrics]:
-    """Generate ``sampling.n`` completions per sample, score them, and write ``eval.json`` + samples."""
-    from tqdm.auto import tqdm
-
+             progress: bool = True, scoring: EvalScoring | None = None) -> dict[str, TaskMetrics]:
+    """Generate ``sampling.n`` completions per sample, score them with ``scoring`` (default: the built-in
+    correctness and format rewards with ``prefilled_think``), and write ``eval.json`` + samples."""
     from tasks.prompting import render_prompt_ids
 
     if not samples:
@@ -114,13 +214,11 @@ def evaluate(engine, tokenizer, samples: Sequence[Mapping], *, system_prompt: st
     prompts = [render_prompt_ids(tokenizer, s, system_prompt) for s in samples]
     generations = engine.generate(prompts, sampling, progress=progress)
     gen_seconds = time.time() - started
-    scored = [
-        score_generation(s, g, prefilled_think=prefilled_think)
-        for s, g in tqdm(list(zip(samples, generations)), desc="scoring", disable=not progress)
-    ]
+    scoring = scoring or EvalScoring(prefilled_think=prefilled_think)
+    scored = score_generations(samples, generations, scoring)
     metrics = aggregate(scored, ks)
     if out_dir is not None:
-        _write(out_dir, metrics, scored, generations, gen_seconds, time.time() - started - gen_seconds)
+        _write(out_dir, metrics, scored, generations, gen_seconds, time.time() - started - gen_seconds, scoring)
     return metrics
 
 
@@ -144,11 +242,13 @@ def manifest_summary(metrics: Mapping[str, TaskMetrics]) -> dict:
             "per_task": {name: m.pass_at.get(1) for name, m in metrics.items() if name != "all"}}
 
 
-def _write(out_dir: Path, metrics, scored, generations, gen_seconds: float, score_seconds: float) -> None:
+def _write(out_dir: Path, metrics, scored, generations, gen_seconds: float, score_seconds: float,
+           scoring: EvalScoring) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n_tokens = sum(len(c.token_ids) for g in generations for c in g.completions)
     summary = {
+        "scoring": scoring.describe(),
         "tasks": {name: _as_json(m) for name, m in metrics.items()},
         "generation_seconds": round(gen_seconds, 2),
         "scoring_seconds": round(score_seconds, 2),

@@ -44,6 +44,7 @@ class RLPlan:
     eval_ks: Sequence[int]
     grpo: GRPOSettings
     prefilled_think: bool = False
+    eval_scoring: Any = None  # a stages.evaluate.EvalScoring (None: the built-in correctness + format)
     seed: int = 0
     stage: str = "reasoning_rl"
     out_dir: Path = Path("runs/rl")
@@ -88,7 +89,7 @@ def held_out_eval(actors, plan: RLPlan, step: int) -> dict[str, float]:
     """Held-out pass@k / format rate of the rollout engine's current weights, written under eval/."""
     metrics = evaluate(actors.engine, plan.tokenizer, plan.test, system_prompt=plan.system_prompt,
                        sampling=plan.eval_sampling, ks=plan.eval_ks, prefilled_think=plan.prefilled_think,
-                       out_dir=plan.out_dir / "eval" / f"step_{step:05d}", progress=False)
+                       out_dir=plan.out_dir / "eval" / f"step_{step:05d}", progress=False, scoring=plan.eval_scoring)
     return headline(metrics, prefix="eval/")
 
 
@@ -164,6 +165,9 @@ def grpo_loop(actors, plan: RLPlan, logger, *, on_step: Callable[[int, dict], No
             bar.n = step - 1
             bar.refresh()
             continue
+        except BaseException:  # e.g. a RewardFailure: the bar's line ends before the one error line the CLI prints
+            bar.close()
+            raise
         step += 1
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics.get('accuracy', float('nan')):.2f}",

@@ -41,7 +41,9 @@ class FilterSettings:
     ``max_repeated_ngram_fraction`` / ``ngram``: most allowed share of word ``ngram``-grams that repeat an
     earlier one (see :func:`repeated_ngram_fraction`). ``allow_code_blocks``: keep ````` fences in
     samples whose verifier is not ``code``. ``max_per_prompt``: most completions kept per prompt.
-    ``require_format``: reject completions the R1 format reward scores 0.
+    ``require_format``: reject completions the format reward scores 0; ``format_style``: its layout, ``r1``
+    (think + ``<answer>``) or ``think_boxed`` (think + an answer with ``\\boxed{}``), as the recipe's
+    format reward is configured.
     """
 
     min_language_consistency: float = 1.0
@@ -51,6 +53,7 @@ class FilterSettings:
     allow_code_blocks: bool = False
     max_per_prompt: int = 2
     require_format: bool = True
+    format_style: str = "r1"
 
 
 def cot_rejection_reason(
@@ -62,14 +65,17 @@ def cot_rejection_reason(
 ) -> str | None:
     """None if ``completion`` passes every chain-of-thought filter, else the first failing one's name.
 
-    Filters, in order: ``bad_format`` (R1 layout, only with ``settings.require_format``),
+    Filters, in order: ``bad_format`` (the layout of ``settings.format_style``, only with
+    ``settings.require_format``),
     ``mixed_language`` (language consistency of the think block below the threshold, target language
     from ``sample["language"]``, default English), ``overlong_paragraph``, ``repetition`` (over the whole
     completion), ``code_block`` (a ````` fence when the sample's verifier is not ``code``). Correctness is
     not checked here. Raises ``ValueError`` for a sample language the language reward does not know, since
     that is a data error that would otherwise silently drop every sample of the language.
     """
-    if settings.require_format and format_reward(completion, sample, prefilled_think=prefilled_think) != 1.0:
+    if settings.require_format and format_reward(
+        completion, sample, prefilled_think=prefilled_think, style=settings.format_style
+    ) != 1.0:
         return "bad_format"
 
     # Without a complete think block (only possible when format is not required) the whole text is the CoT,

@@ -17,18 +17,20 @@ from typing import Mapping, Sequence
 from tasks.prompting import chat_messages, render_prompt_ids
 from rollout.types import SamplingSpec
 
-from .evaluate import score_generation
+from .evaluate import EvalScoring, score_generations
 from .rejection_filters import FilterSettings, acceptance_stats, mix_non_reasoning, select_completions
 
 
 def sample_candidates(engine, tokenizer, samples: Sequence[Mapping], *, system_prompt: str | None,
-                      sampling: SamplingSpec, prefilled_think: bool = False, progress: bool = True) -> list[dict]:
-    """Every completion of every prompt as ``{"sample", "completion", "correct", "reason", "truncated"}``."""
+                      sampling: SamplingSpec, prefilled_think: bool = False, progress: bool = True,
+                      scoring: EvalScoring | None = None) -> list[dict]:
+    """Every completion of every prompt as ``{"sample", "completion", "correct", "reason", "truncated"}``;
+    "correct" by ``scoring``'s correctness reward (default: the built-in one, R1 ``<answer>`` tags)."""
     prompts = [render_prompt_ids(tokenizer, s, system_prompt) for s in samples]
     generations = engine.generate(prompts, sampling, progress=progress)
+    scoring = scoring or EvalScoring(prefilled_think=prefilled_think)
     candidates = []
-    for sample, gen in zip(samples, generations):
-        verdicts = score_generation(sample, gen, prefilled_think=prefilled_think)
+    for sample, gen, verdicts in zip(samples, generations, score_generations(samples, generations, scoring)):
         for comp, ok, reason in zip(gen.completions, verdicts.correct, verdicts.reasons):
             candidates.append({"sample": sample, "completion": comp.text, "correct": ok, "reason": reason,
                                "truncated": comp.truncated})

@@ -6,6 +6,7 @@ import statistics
 from collections import Counter
 from typing import Mapping, Sequence
 
+from rewards.adapters import NOT_APPLICABLE
 from rollout.types import RolloutBatch
 
 # Reward labels whose value 1.0 means "correct" (the first one present gives the step's accuracy).
@@ -18,13 +19,17 @@ def reward_metrics(scores: Sequence[tuple[float, dict]], batch: RolloutBatch) ->
     out = {"reward/mean": statistics.fmean(totals), "reward/std": statistics.pstdev(totals)}
     labels = scores[0][1].keys() if scores else []
     for label in labels:
-        values = [parts[label][0] for _, parts in scores]
-        out[f"reward/{label}/mean"] = statistics.fmean(values)
-        out[f"reward/{label}/std"] = statistics.pstdev(values)
         reasons = Counter(parts[label][1] for _, parts in scores)
         for reason, count in reasons.most_common(4):
             if reason != "ok":
                 out[f"reasons/{label}/{reason}"] = count / len(scores)
+        # A reward's figures cover the completions it applies to: a not_applicable part (another task's sample,
+        # a reward that answered None) is no 0 of that reward.
+        values = [parts[label][0] for _, parts in scores if parts[label][1] != NOT_APPLICABLE]
+        if not values:
+            continue
+        out[f"reward/{label}/mean"] = statistics.fmean(values)
+        out[f"reward/{label}/std"] = statistics.pstdev(values)
         base = label.split("#")[0]
         if base in ACCURACY_LABELS and "accuracy" not in out:
             out["accuracy"] = sum(v >= 1.0 for v in values) / len(values)

@@ -1,9 +1,12 @@
 """Bring a user's data into the sample schema: local JSONL / JSON / Parquet files or a Hub dataset.
 
 ``load_samples`` maps the user's field names onto the schema (``prompt``, ``answer``, plus any renames in
-``fields``), keeps every other field, fills ``id`` and ``task`` when missing and stops at the first bad
+``fields``), extracts the gold answer with ``answer_pattern`` where given, keeps the columns the schema
+names plus those ``columns`` selects, fills ``id`` and ``task`` when missing and stops at the first bad
 row with one line that names the source, the field, the row and the fields the row does have.
-``load_chat_samples`` does the same for SFT data in chat form (a ``messages`` list per row).
+``load_demonstrations`` reads the cold-start demonstrations a source holds: its chat ``messages``
+(``messages_field``), else R1-format demonstrations of the rows that have a worked ``solution``.
+``load_chat_samples`` reads SFT data in chat form (a ``messages`` list per row).
 
 A field whose value is ``None`` counts as missing (that is how Parquet and HF datasets store a field a
 row lacks).
@@ -11,19 +14,30 @@ row lacks).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
+from .answer_patterns import answer_extractor, normalized_answer
+from .demonstrations import make_demonstration
 from .sampling import sample_id
 from .storage import from_table_row, read_jsonl
+
+log = logging.getLogger("r1.data")
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 # Verifiers that judge a completion without a gold answer string.
 NO_ANSWER_VERIFIERS = ("instruction", "code")
 CHAT_ROLES = ("system", "user", "assistant")
 _LEADING_FIELDS = ("id", "task", "prompt", "answer")
+# The fields tasks/schema.md names (rewards, demonstrations and tools read them): always kept in a sample.
+SCHEMA_FIELDS = frozenset({
+    "id", "task", "prompt", "answer", "verifier", "solution", "numbers", "target", "constraints", "tests",
+    "test_setup", "difficulty", "reference_response", "expression", "equation", "template", "variables",
+})
+Columns = Sequence[str] | Literal["all"] | None
 
 
 def load_samples(
@@ -31,18 +45,31 @@ def load_samples(
     *,
     prompt_field: str = "prompt",
     answer_field: str | None = "answer",
+    answer_pattern: str | None = None,
     task: str | None = None,
     split: str = "train",
     limit: int | None = None,
     fields: Mapping[str, str] | None = None,
     subset: str | None = None,
+    columns: Columns = None,
+    messages_field: str | None = None,
 ) -> list[dict[str, Any]]:
     """Samples from a ``.jsonl`` / ``.json`` / ``.parquet`` file, a local dataset folder or a Hub id.
 
     - ``prompt_field`` / ``answer_field``: the user's names for ``prompt`` and ``answer``. The answer is
       required except for rows whose ``verifier`` is one of ``NO_ANSWER_VERIFIERS``; pass
       ``answer_field=None`` for data without answers. Numeric answers become strings (``72`` -> ``"72"``).
+      An ``answer_field`` that is itself a schema field (``solution``) is kept as well.
+    - ``answer_pattern``: the gold answer is extracted from the answer field's text: a regex whose group 1
+      is the answer, or a named extractor, ``boxed`` (the last balanced ``\\boxed{}``: MATH's ``solution``)
+      or ``gsm8k`` (after ``####``); see :mod:`tasks.answer_patterns`. A row it finds nothing in is an error.
     - ``fields``: further renames from the user's names to schema names, e.g. ``{"nums": "numbers"}``.
+    - ``columns``: which other columns a sample keeps besides the schema fields (``SCHEMA_FIELDS``) and the
+      renamed ones: a list of names, ``"all"``, or None (default) for every column holding a scalar
+      (string, number, bool); list and mapping columns (``generations``, ``messages``...) are then left out
+      and their names logged once. A listed column that no row has is an error.
+    - ``messages_field``: the chat column that holds demonstrations (:func:`load_demonstrations`); it is
+      never copied into samples.
     - ``task``: the task name for rows without one (default: the file stem or the dataset's name).
     - ``split``: which split of a Hub dataset to load; also used in generated ids (``gsm8k-train-000003``).
     - ``limit``: keep only the first ``limit`` rows.
@@ -52,16 +79,84 @@ def load_samples(
     ``data/my.jsonl: field 'question' (prompt_field) missing in row 3; row has fields: q, a``.
     """
     label, rows = read_rows(source, split=split, limit=limit, subset=subset)
-    renames = [(prompt_field, "prompt", "prompt_field")]
-    renames += [(src, dst, f"fields[{src!r}]") for src, dst in (fields or {}).items()]
-    default_task = task or default_task_name(source)
-    samples = []
+    mapper = _RowMapper(label, prompt_field=prompt_field, answer_field=answer_field, answer_pattern=answer_pattern,
+                        fields=fields, default_task=task or default_task_name(source), split=split)
+    samples = [mapper.sample(row, number) for number, row in enumerate(rows, start=1)]
+    _check_unique_ids(samples, label)
+    return _kept_columns(samples, rows, columns, label=label, renamed=mapper.renamed,
+                         messages_field=messages_field)
+
+
+def load_demonstrations(
+    source: str | os.PathLike,
+    *,
+    messages_field: str | None = None,
+    system_prompt: str | None = None,
+    prompt_field: str = "prompt",
+    answer_field: str | None = "answer",
+    answer_pattern: str | None = None,
+    task: str | None = None,
+    split: str = "train",
+    limit: int | None = None,
+    fields: Mapping[str, str] | None = None,
+    subset: str | None = None,
+) -> list[dict[str, Any]]:
+    """The cold-start chat examples ``{"id", "task", "messages"}`` a source holds, one per row that can make
+    one, with the ids :func:`load_samples` gives the same rows:
+
+    - a row with ``messages_field`` set and present: its messages (checked as in :func:`load_chat_samples`),
+      after a system message of ``system_prompt`` when they have none (the prompt RL will show);
+    - else a row with a ``solution`` (after the same mapping as :func:`load_samples`): its R1-format
+      demonstration (:func:`tasks.make_demonstration`);
+    - else none. An empty result is the caller's to judge (a cold start needs some; RL does not).
+    """
+    label, rows = read_rows(source, split=split, limit=limit, subset=subset)
+    mapper = _RowMapper(label, prompt_field=prompt_field, answer_field=answer_field, answer_pattern=answer_pattern,
+                        fields=fields, default_task=task or default_task_name(source), split=split)
+    demos = []
     for number, row in enumerate(rows, start=1):
-        sample = _renamed(row, renames, label=label, number=number)
+        if messages_field and messages_field in row:
+            messages = _checked_messages(row[messages_field], label=label, number=number)
+            if system_prompt and messages[0]["role"] != "system":
+                messages = [{"role": "system", "content": system_prompt}, *messages]
+            identity = _with_identity({k: row[k] for k in ("id", "task") if k in row},
+                                      default_task=mapper.default_task, split=split, index=number - 1)
+            demos.append({**identity, "messages": messages})
+            continue
+        if messages_field and prompt_field not in row:
+            raise ValueError(f"{label}: row {number} has neither {messages_field!r} (messages_field) nor "
+                             f"{prompt_field!r} (prompt_field); row has fields: {', '.join(row) or '(none)'}")
+        sample = mapper.sample(row, number)
+        if str(sample.get("solution") or "").strip():
+            try:
+                demos.append(make_demonstration(sample, system_prompt=system_prompt or None))
+            except ValueError as error:
+                raise ValueError(f"{label}: row {number}: {error}") from None
+    _check_unique_ids(demos, label)
+    return demos
+
+
+class _RowMapper:
+    """One source's mapping of a raw row onto the schema (the field renames, the answer, the identity)."""
+
+    def __init__(self, label: str, *, prompt_field: str, answer_field: str | None, answer_pattern: str | None,
+                 fields: Mapping[str, str] | None, default_task: str, split: str):
+        self.label, self.prompt_field, self.answer_field = label, prompt_field, answer_field
+        self.answer_pattern, self.default_task, self.split = answer_pattern, default_task, split
+        self.extract = answer_extractor(answer_pattern) if answer_pattern else None
+        self.renames = [(prompt_field, "prompt", "prompt_field")]
+        self.renames += [(src, dst, f"fields[{src!r}]") for src, dst in (fields or {}).items()]
+        self.renamed = {dst for _, dst, _ in self.renames}
+
+    def sample(self, row: Mapping[str, Any], number: int) -> dict[str, Any]:
+        label, answer_field = self.label, self.answer_field
+        sample = _renamed(row, self.renames, label=label, number=number)
         if answer_field is not None:
             if answer_field in row:
-                sample.pop(answer_field, None)
-                sample["answer"] = _answer_text(row[answer_field], label=label, number=number, field=answer_field)
+                if answer_field not in SCHEMA_FIELDS:  # MATH's `solution` stays: it is also the worked steps
+                    sample.pop(answer_field, None)
+                text = _answer_text(row[answer_field], label=label, number=number, field=answer_field)
+                sample["answer"] = self._extracted(text, number) if self.extract else text
             elif sample.get("verifier") not in NO_ANSWER_VERIFIERS:
                 raise ValueError(
                     f"{label}: {_missing(answer_field, 'answer_field', number, row)}; "
@@ -70,12 +165,53 @@ def load_samples(
         prompt = sample["prompt"]
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(
-                f"{label}: field {prompt_field!r} (prompt_field) in row {number} must be a non-empty string, "
+                f"{label}: field {self.prompt_field!r} (prompt_field) in row {number} must be a non-empty string, "
                 f"got {_describe(prompt)}"
             )
-        samples.append(_with_identity(sample, default_task=default_task, split=split, index=number - 1))
-    _check_unique_ids(samples, label)
-    return samples
+        return _with_identity(sample, default_task=self.default_task, split=self.split, index=number - 1)
+
+    def _extracted(self, text: str, number: int) -> str:
+        answer = self.extract(text)
+        if not answer:
+            raise ValueError(f"{self.label}: answer_pattern {self.answer_pattern!r} finds no answer in field "
+                             f"{self.answer_field!r} (answer_field) of row {number}: {_describe(text)}")
+        return normalized_answer(answer)
+
+
+def _kept_columns(samples: list[dict[str, Any]], rows: list[dict], columns: Columns, *, label: str,
+                  renamed: set[str], messages_field: str | None) -> list[dict[str, Any]]:
+    """``samples`` with only the schema fields, the renamed ones and the columns ``columns`` selects."""
+    if columns is not None and not isinstance(columns, str):
+        present = {name for row in rows for name in row}
+        unknown = [name for name in columns if name not in present]
+        if unknown:
+            raise ValueError(f"{label}: columns {', '.join(map(repr, unknown))} in no row; rows have fields: "
+                             f"{', '.join(sorted(present)) or '(none)'}")
+    elif columns is not None and columns != "all":
+        raise ValueError(f"{label}: columns must be a list of names, 'all' or null, got {columns!r}")
+    always = SCHEMA_FIELDS | renamed
+    dropped: dict[str, None] = {}
+
+    def keep(name: str, value: Any) -> bool:
+        if name in always:
+            return True
+        if name == messages_field:
+            keep_it = False  # read as demonstrations, never carried into reward rows
+        elif columns == "all":
+            keep_it = True
+        elif columns is None:
+            keep_it = isinstance(value, (str, int, float, bool))
+        else:
+            keep_it = name in columns
+        if not keep_it:
+            dropped[name] = None
+        return keep_it
+
+    kept = [{name: value for name, value in sample.items() if keep(name, value)} for sample in samples]
+    if dropped:
+        log.info("%s: columns left out of the samples: %s (name them in the source's columns to keep them)",
+                 label, ", ".join(dropped))
+    return kept
 
 
 def load_chat_samples(
@@ -85,6 +221,7 @@ def load_chat_samples(
     task: str | None = None,
     split: str = "train",
     limit: int | None = None,
+    subset: str | None = None,
 ) -> list[dict[str, Any]]:
     """Chat-format rows (``{"messages": [{"role", "content"}, ...]}``) for SFT, validated.
 
@@ -93,7 +230,7 @@ def load_chat_samples(
     starting with ``user``; the last message is the ``assistant``'s (the part SFT learns); every content
     is a non-empty string. Messages keep only ``role`` and ``content``; other row fields are kept.
     """
-    label, rows = read_rows(source, split=split, limit=limit)
+    label, rows = read_rows(source, split=split, limit=limit, subset=subset)
     default_task = task or default_task_name(source)
     samples = []
     for number, row in enumerate(rows, start=1):

@@ -1,6 +1,8 @@
 """`r1 submit`, `r1 jobs` and plain `ray job submit` against a real two-node Ray cluster that the test starts
 (head + a node with the custom resource ``rollout_node``), with Ray's token authentication on."""
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -51,6 +53,32 @@ def test_a_stage_submitted_with_r1_submit_runs_with_its_rollout_actor_on_the_sec
     assert f"{job_id}: SUCCEEDED (run dir {runs}/submitted)" in status.stdout, status.stdout + status.stderr
     logs = cluster.run(r1("jobs", "logs", job_id, "--address", cluster.dashboard))
     assert f"r1: run dir: {runs}/submitted" in logs.stdout, logs.stdout[-2000:]
+
+
+def test_users_reward_modules_outside_the_project_travel_with_a_submitted_job(cluster, tmp_path):
+    # The user's folder is the working dir of `r1 submit`; the job's working dir is the project, so the three
+    # modules reach the job's driver and every actor (on both nodes) only as the runtime env's py_modules.
+    from tests.test_user_rewards_e2e import CONFIG, USER_REWARDS, assert_each_reward_scored, user_rewards_override
+    from tests.user_reward_modules import write_user_reward_modules
+
+    folder = write_user_reward_modules(tmp_path / "user")
+    runs = tmp_path / "runs"
+    env = {k: v for k, v in cluster.env.items() if k != "PYTHONPATH"}  # a user's shell: the cwd finds the modules
+    done = subprocess.run(r1("submit", "-c", CONFIG, "--address", cluster.dashboard, "reasoning-rl",
+                             "run.name=users", f"run.output_dir={runs}", *TINY, "rl.steps=2", "rl.eval_at_ends=false",
+                             # the reward worker on the second node: the modules must reach that node too
+                             "cluster.reward.resources={rollout_node: 1}", user_rewards_override()), cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    job_id = next(ln.split()[2].rstrip(":") for ln in done.stdout.splitlines() if ln.startswith("submitted job"))
+    assert f"job {job_id} succeeded" in done.stdout
+    assert_each_reward_scored(runs / "users" / "reasoning_rl" / "metrics.jsonl", USER_REWARDS)
+    code = ("import json, sys\nfrom pipeline.submit import job_client\n"
+            f"info = job_client({cluster.dashboard!r}).get_job_info({job_id!r})\n"
+            "print(json.dumps(info.runtime_env.get('py_modules', [])))\n")
+    shipped = cluster.run([sys.executable, "-c", code], timeout=120)
+    assert shipped.returncode == 0, shipped.stderr[-2000:]
+    assert len(json.loads(shipped.stdout.strip().splitlines()[-1])) == 3  # one package per module file
 
 
 def test_a_submitted_job_can_be_stopped(cluster, tmp_path):

@@ -8,7 +8,8 @@ import pytest
 
 from pipeline import recipe
 from pipeline.config import load_config
-from pipeline.recipe import Stage, fingerprint, run_recipe, select_stages
+from pipeline.fingerprints import training_fingerprint as fingerprint
+from pipeline.recipe import Stage, run_recipe, select_stages
 from rewards import weighted_sum
 
 
@@ -25,9 +26,9 @@ class Recorder:
         self.crash_in = None
 
     def stage(self, name):
-        def run(cfg):
+        def run(cfg, out=None):
             self.calls.append(name)
-            out = cfg.run_dir() / name
+            out = Path(out) if out else cfg.run_dir() / name
             (out / "model").mkdir(parents=True, exist_ok=True)
             (out / "model" / "config.json").write_text("{}")
             (out / "progress.txt").write_text("partial")
@@ -91,6 +92,8 @@ def test_a_killed_stage_resumes_in_its_folder_and_a_changed_one_starts_afresh(tm
     (stage_b / "manifest.json").unlink()  # interrupted again, then the config changes
     run_recipe(_cfg(tmp_path, "rl.steps=3"))
     assert not (stage_b / "checkpoint.txt").exists()  # a different run must not resume from it
+    moved = [p for p in (cfg.run_dir() / "superseded").iterdir() if p.name.startswith("b-")]
+    assert len(moved) == 1 and (moved[0] / "checkpoint.txt").read_text() == "keep me"  # ... nor lose it
 
 
 def test_from_uses_upstream_manifests_and_until_stops(tmp_path, fake_stages):
@@ -104,13 +107,88 @@ def test_from_uses_upstream_manifests_and_until_stops(tmp_path, fake_stages):
     assert b["inputs"]["a"] == a["fingerprint"]
 
 
+@pytest.fixture
+def fake_evals(monkeypatch):
+    """A stand-in for the held-out eval of `r1 run`: records (stage, eval.n_samples), writes eval/eval.json."""
+    calls = []
+
+    def evaluate(cfg, stage, model):
+        calls.append((stage, cfg.eval.n_samples))
+        out = cfg.run_dir() / stage / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps({"n_samples": cfg.eval.n_samples, "model": model}))
+        return {"pass@1": 0.5, "n_samples": cfg.eval.n_samples}
+
+    monkeypatch.setattr(recipe, "evaluate_stage", evaluate)
+    return calls
+
+
+def test_an_eval_change_reruns_only_the_evals_and_keeps_the_old_ones(tmp_path, fake_stages, fake_evals):
+    cfg = _cfg(tmp_path, "recipe.eval_each_stage=true")
+    run_recipe(cfg)
+    (cfg.run_dir() / "b" / "eval" / "step_00002").mkdir()  # an RL stage's eval during training: its own output
+    model_file = cfg.run_dir() / "a" / "model" / "config.json"
+    before = model_file.stat().st_mtime_ns
+    run_recipe(_cfg(tmp_path, "recipe.eval_each_stage=true", "eval.n_samples=2"))
+    assert fake_stages.calls == ["a", "b", "c"]  # nothing trained again, downstream included
+    assert fake_evals == [(s, 4) for s in "abc"] + [(s, 2) for s in "abc"]
+    manifest = json.loads((cfg.run_dir() / "a" / "manifest.json").read_text())
+    assert manifest["eval"]["n_samples"] == 2 and model_file.stat().st_mtime_ns == before
+    old = [p for p in (cfg.run_dir() / "superseded").iterdir() if p.name.startswith("a-eval-")]
+    assert len(old) == 1 and json.loads((old[0] / "eval.json").read_text())["n_samples"] == 4
+    assert json.loads((old[0] / "manifest.json").read_text())["eval"]["n_samples"] == 4  # its numbers, kept
+    assert (cfg.run_dir() / "b" / "eval" / "step_00002").is_dir()  # training's own evals stay with it
+    assert json.loads((cfg.run_dir() / "b" / "eval" / "eval.json").read_text())["n_samples"] == 2
+    run_recipe(_cfg(tmp_path, "recipe.eval_each_stage=true", "eval.n_samples=2"))
+    assert len(fake_evals) == 6  # and now it is complete for that eval too
+
+
+def test_a_rollout_capacity_change_reruns_nothing(tmp_path, fake_stages, fake_evals):
+    run_recipe(_cfg(tmp_path, "recipe.eval_each_stage=true"))
+    run_recipe(_cfg(tmp_path, "recipe.eval_each_stage=true", "rollout.max_num_seqs=7", "rollout.kv_cache_gb=0.25",
+                    "rollout.enforce_eager=true", "rollout.gpu_memory_utilization=0.9"))
+    assert fake_stages.calls == ["a", "b", "c"] and len(fake_evals) == 3
+    assert not (tmp_path / "t" / "superseded").exists()
+
+
+def test_a_stage_from_before_the_split_fingerprints_is_moved_aside_not_deleted(tmp_path, fake_stages):
+    cfg = _cfg(tmp_path)
+    stage_a = cfg.run_dir() / "a"
+    (stage_a / "model").mkdir(parents=True)
+    (stage_a / "model" / "weights.bin").write_text("days of work")
+    (stage_a / "manifest.json").write_text(json.dumps({"complete": True, "fingerprint": "0123456789abcdef"}))
+    (stage_a / ".fingerprint").write_text("0123456789abcdef")
+    run_recipe(cfg, until="a")
+    assert fake_stages.calls == ["a"]  # unknown settings: trained again ...
+    moved = list((cfg.run_dir() / "superseded").glob("a-*"))
+    assert len(moved) == 1 and (moved[0] / "model" / "weights.bin").read_text() == "days of work"  # ... kept
+
+
+def test_a_stage_command_records_what_run_reads(tmp_path, fake_stages, fake_evals):
+    from pipeline.recipe import run_stage_command
+
+    cfg = _cfg(tmp_path, "recipe.eval_each_stage=true")
+    elsewhere = tmp_path / "elsewhere"
+    run_stage_command(cfg, recipe.STAGES[0], out=str(elsewhere))  # not the run's stage: nothing recorded
+    assert (elsewhere / "model").is_dir() and not (cfg.run_dir() / "a").exists()
+    run_stage_command(cfg, recipe.STAGES[0])
+    manifest = json.loads((cfg.run_dir() / "a" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["fingerprint"] and manifest["eval_fingerprint"] is None
+    run_recipe(cfg, until="a")
+    assert fake_stages.calls == ["a", "a"] and fake_evals == [("a", 4)]  # its eval only: the command ran none
+    run_recipe(cfg, until="b")
+    assert fake_stages.calls == ["a", "a", "b"]
+    run_stage_command(cfg, recipe.STAGES[0])  # asked again: it runs, the finished one moved aside first
+    assert fake_stages.calls[-1] == "a" and len(list((cfg.run_dir() / "superseded").glob("a-*"))) == 1
+
+
 def test_fingerprint_depends_on_sections_and_inputs(tmp_path):
     stage = Stage("x", lambda c: {}, ("sft",), ("cold_start",))
     base = fingerprint(_cfg(tmp_path), stage, {"cold_start": "f1"})
     assert fingerprint(_cfg(tmp_path, "rl.steps=99"), stage, {"cold_start": "f1"}) == base
     assert fingerprint(_cfg(tmp_path, "sft.optim.lr=0.5"), stage, {"cold_start": "f1"}) != base
     assert fingerprint(_cfg(tmp_path), stage, {"cold_start": "f2"}) != base
-    assert fingerprint(_cfg(tmp_path, "eval.n_samples=8"), stage, {"cold_start": "f1"}) != base
+    assert fingerprint(_cfg(tmp_path, "eval.n_samples=8"), stage, {"cold_start": "f1"}) == base  # eval: not training
 
 
 def test_general_rl_config_merges_tasks_and_fills_the_reward_model(tmp_path):

@@ -290,3 +290,11 @@ def test_acceptance_stats_from_select():
     stats = acceptance_stats(cands, kept)
     assert stats["all"]["kept"] == len(kept) == 3
     assert stats["all"]["prompt_coverage"] == 1.0
+
+
+def test_format_style_follows_the_recipes_format_reward():
+    boxed = "<think>\n3 + 4 = 7\n</think>\nThe answer is \\boxed{7}."
+    assert cot_rejection_reason(boxed, MATH, SETTINGS) == "bad_format"
+    assert cot_rejection_reason(boxed, MATH, FilterSettings(format_style="think_boxed")) is None
+    r1 = "<think>\n3 + 4 = 7\n</think>\n<answer>\n7\n</answer>"
+    assert cot_rejection_reason(r1, MATH, FilterSettings(format_style="think_boxed")) == "bad_format"

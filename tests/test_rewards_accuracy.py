@@ -263,3 +263,12 @@ def test_helpers_that_cannot_start_degrade_gracefully(monkeypatch):
     assert accuracy_reward(answer("\\frac{1}{2}"), {"answer": "0.5"}) == 1.0
     r, _ = in_thread(accuracy_reward, answer("\\frac{1}{2}"), {"answer": "0.5"})
     assert (float(r), r.reason) == (0.0, "verifier_unavailable")
+
+
+@pytest.mark.parametrize("answer_format, completion", [
+    ("boxed", "<think>x</think> \\boxed{" + "1" * 1001 + "}"),
+    ("last_number", "<think>x</think> " + "1" * 1001),
+])
+def test_answer_length_cap_applies_to_every_answer_format(answer_format, completion):
+    r = accuracy_reward(completion, {"answer": "42"}, answer_format=answer_format)
+    assert (float(r), r.reason) == (0.0, "answer_too_long")

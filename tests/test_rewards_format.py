@@ -105,3 +105,13 @@ def test_extract_think_block():
     assert extract_think_block("reasoning</think><answer>4</answer>") == "reasoning"
     assert extract_think_block("reasoning</think><answer>4</answer>", prefilled_think=True) == "reasoning"
     assert extract_think_block("<think>a</think> b <think>c</think>") == "a"
+
+
+def test_think_boxed_style_is_fast_on_megabyte_inputs():
+    big_think = "<think>" + "word {" * 200_000 + "</think> \\boxed{4}"
+    many_tags = "<think></think>" * 60_000
+    start = time.perf_counter()
+    assert format_reward(big_think, {}, style="think_boxed") == 1.0
+    assert format_reward(many_tags, {}, style="think_boxed").reason == "repeated_tag"
+    assert format_reward("x" * 1_000_000, {}, style="think_boxed").reason == "missing_think"
+    assert time.perf_counter() - start < 2.0

@@ -180,7 +180,8 @@ def test_a_raising_user_reward_scores_zero_and_is_logged_once(caplog):
     assert len(logged) == 1 and logged[0].exc_info is not None
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), "1.0", None, [1.0], complex(1, 0)])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "1.0", [1.0], complex(1, 0)])  # None: not
+# applicable (tests/test_rewards_signatures.py)
 def test_invalid_values_score_zero(value):
     score = weighted_sum([(lambda c, s: value, 1.0, {}), ("format", 1.0, {})])
     total, parts = score(GOOD, {})

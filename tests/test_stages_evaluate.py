@@ -104,3 +104,84 @@ def test_r1_eval_cli_with_hf_engine(tmp_path, smollm2_dir):
     assert "pass@1" in ok.stdout and "format" in ok.stdout
     check_eval_dir(tmp_path / "t" / "eval" / "base",
                    {"arithmetic", "word_problem", "instruction"})
+
+
+# ---- configured rewards: what "correct" and "formatted" mean ------------------------------------------------
+
+BOXED = "<think>6 * 7 = 42</think>\nThe answer is $\\boxed{42}$."
+HALF = "<think>half of one</think> So $x = \\boxed{\\frac{1}{2}}$"
+
+
+class FixedEngine:
+    """A stand-in for the engine (this tests the code around it): fixed completions per prompt, in order."""
+
+    def __init__(self, texts_per_prompt):
+        self.texts_per_prompt = texts_per_prompt
+        self.prompts = None
+
+    def generate(self, prompts, sampling, progress=False):
+        self.prompts = prompts
+        return [gen(*texts) for texts in self.texts_per_prompt[: len(prompts)]]
+
+
+def test_eval_scoring_roles_take_the_configured_extraction():
+    from stages.evaluate import EvalScoring
+
+    sample = {"id": "a", "task": "math", "prompt": "6*7?", "answer": "42"}
+    default = score_generation(sample, gen(BOXED, "<think>x</think><answer>42</answer>"))
+    assert default.correct == [False, True] and default.reasons[0] == "no_answer_block"
+    boxed = EvalScoring(correctness={"name": "correctness", "options": {"answer_format": "boxed"}},
+                        format={"name": "format", "options": {"style": "think_boxed"}})
+    scored = score_generation(sample, gen(BOXED, "<think>x</think><answer>42</answer>", BOXED), scoring=boxed)
+    assert scored.correct == [True, False, True] and scored.reasons == ["ok", "no_boxed", "ok"]
+    assert scored.formatted == [True, False, True]
+    assert scored.answers == ["42", None, "42"]  # maj@k votes on the same extraction
+    assert boxed.describe()["answer_format"] == "boxed" and boxed.describe()["format_style"] == "think_boxed"
+    assert EvalScoring().describe()["answer_format"] == "tags" and EvalScoring().format_style() == "r1"
+
+
+def test_eval_roles_default_to_the_recipes_rewards(tmp_path):
+    from pipeline.eval_rewards import eval_scoring, recipe_scoring
+
+    cfg = load_config(None, ["rewards.items.1.options={answer_format: auto, timeout_s: 2}",
+                             "eval.rewards.format.options.style=think_boxed"])
+    scoring = eval_scoring(cfg, prefilled_think=True)
+    assert scoring.correctness == {"name": "correctness", "options": {"answer_format": "auto", "timeout_s": 2}}
+    assert scoring.format == {"name": "format", "options": {"style": "think_boxed"}}
+    assert scoring.prefilled_think is True
+    # Rejection sampling keeps what the training rewards call correct and well-formed: no eval overrides.
+    assert recipe_scoring(cfg, prefilled_think=False).format == {"name": "format", "options": {}}
+    cfg = load_config(None, ["eval.rewards.correctness.options.answer_format=last_number"])
+    assert eval_scoring(cfg, False).correctness == {"name": "correctness", "options": {"answer_format": "last_number"}}
+    assert eval_scoring(load_config(None), False).summary_line() == (
+        "scored by correctness (answer_format=tags), format (style=r1)")
+
+
+def test_run_eval_with_boxed_extraction_scores_boxed_answers_and_names_it(tmp_path, smollm2_dir):
+    from pipeline.evaluation import run_eval
+
+    samples = [{"id": "a", "task": "math", "prompt": "What is 6 * 7?", "answer": "42"},
+               {"id": "b", "task": "math", "prompt": "What is half of 1?", "answer": "0.5"}]
+    outputs = [[BOXED, "<think>x</think><answer>42</answer>"], [HALF, HALF]]
+    common = [f"run.output_dir={tmp_path}", "run.name=t", "eval.n_samples=2", "eval.k=[1,2]",
+              "rewards.prefilled_think=false"]
+    boxed_cfg = load_config(None, common + ["eval.rewards.correctness.options.answer_format=boxed",
+                                            "eval.rewards.format.options.style=think_boxed"])
+    metrics, table = run_eval(boxed_cfg, model=smollm2_dir, engine=FixedEngine(outputs), samples=samples,
+                              out=str(tmp_path / "boxed"), label="boxed")
+    assert math.isclose(metrics["math"].pass_at[1], (1 / 2 + 2 / 2) / 2)
+    assert math.isclose(metrics["math"].format_rate, 3 / 4)
+    assert metrics["math"].reasons == {"ok": 3, "no_boxed": 1}
+    assert table.splitlines()[0] == "scored by correctness (answer_format=boxed), format (style=think_boxed)"
+    summary = json.loads((tmp_path / "boxed" / "eval.json").read_text())
+    assert summary["scoring"]["answer_format"] == "boxed" and summary["scoring"]["format_style"] == "think_boxed"
+    assert summary["scoring"]["correctness"] == {"name": "correctness", "options": {"answer_format": "boxed"}}
+    assert (tmp_path / "boxed" / "table.txt").read_text().startswith("scored by correctness (answer_format=boxed)")
+
+    # The same generations under the recipe's default (R1 <answer> tags): the boxed answers score 0.
+    tags_cfg = load_config(None, common)
+    metrics, table = run_eval(tags_cfg, model=smollm2_dir, engine=FixedEngine(outputs), samples=samples,
+                              out=str(tmp_path / "tags"), label="tags")
+    assert math.isclose(metrics["math"].pass_at[1], (1 / 2 + 0) / 2)
+    assert metrics["math"].reasons["no_answer_block"] == 3
+    assert "answer_format=tags" in table.splitlines()[0]
