@@ -7,8 +7,11 @@ A reward that raises, or answers something that is not a number, now and then sc
 """
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Mapping
+
+logger = logging.getLogger(__name__)
 
 
 class RewardFailure(RuntimeError):
@@ -26,11 +29,25 @@ class FailureWatch:
         self.failures = 0
         self.healthy = False  # a success once: the reward works, its later errors are occasional
         self.first: tuple[str, Any] | None = None  # (first problem, its sample's id)
+        self.zeros, self.zero_warned = 0, False  # answers of exactly 0 before the first non-zero one
         self._lock = threading.Lock()
 
-    def ok(self) -> None:
-        """The reward answered a number (or None: does not apply)."""
+    def ok(self, value: float | None = None) -> None:
+        """The reward answered a number (or None: does not apply). A reward that answers exactly 0 on each of its
+        first ``fail_after`` calls is not stopped (a weak model earns nothing at first, legitimately) but is named
+        once in the log, since a misread field or answer layout looks the same."""
         self.healthy = True
+        if value is None or self.zero_warned:
+            return
+        with self._lock:
+            if value != 0.0:
+                self.zero_warned = True  # it has scored something: no warning will be due
+                return
+            self.zeros += 1
+            if self.zeros >= self.fail_after:
+                self.zero_warned = True
+                logger.warning("reward %r scored 0 on each of its first %d calls: if no completion should have "
+                               "earned it, check the reward on real outputs with `r1 score`", self.label, self.zeros)
 
     def failed(self, problem: str, sample: Mapping[str, Any]) -> None:
         """The reward raised or answered a non-number (``problem`` says which, e.g. ``KeyError: 'solution'``)."""

@@ -343,7 +343,7 @@ class WeightedSum:
         if problem is not None:
             term.watch.failed(problem, sample)
             return part
-        term.watch.ok()
+        term.watch.ok(None if part is None else float(part))
         return not_applicable() if part is None else part
 
     def _judge_error(self, term: _Term, exc: Exception, sample: Mapping[str, Any]) -> Reward:

@@ -388,3 +388,28 @@ def test_submit_ships_the_users_modules_named_by_the_config_and_nothing_of_the_p
     assert str(info.value).startswith("general_rl.rewards.1: module 'my_verl_rewards' is not importable here")
     with pytest.raises(submit.SubmitError, match="cluster.job.py_modules: /no/such/dir not found"):
         submit.shipped_modules(load_config(None, ["cluster.job.py_modules=[/no/such/dir]"]))
+
+
+def test_a_reward_scoring_zero_on_every_call_is_named_once_in_the_log_not_stopped(caplog):
+    # Zero is a legitimate score (a weak model earns nothing at first), so the run goes on; but a misread field
+    # looks the same, so the first fail_after zeros are said once.
+    import logging
+
+    from rewards import weighted_sum
+
+    score = weighted_sum([{"name": lambda completion, sample: 0.0, "label": "always_zero"}], fail_after=4)
+    with caplog.at_level(logging.WARNING, logger="rewards.failures"):
+        for _ in range(3):
+            assert score("x", {"id": "a"})[0] == 0.0
+        assert not [r for r in caplog.records if "always_zero" in r.getMessage()]
+        for _ in range(5):
+            score("x", {"id": "a"})
+    warnings = [r.getMessage() for r in caplog.records if "always_zero" in r.getMessage()]
+    assert len(warnings) == 1 and "scored 0 on each of its first 4 calls" in warnings[0]
+
+    scoring = weighted_sum([{"name": lambda completion, sample: float(completion == "y"), "label": "sometimes"}],
+                           fail_after=2)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rewards.failures"):
+        scoring("y", {}), scoring("x", {}), scoring("x", {})
+    assert not [r for r in caplog.records if "sometimes" in r.getMessage()]
