@@ -82,24 +82,6 @@ def recipe_test_split(cfg: RecipeConfig, stage: str | None = None) -> list[dict]
     return build_splits(cfg)[1] + (general_splits(cfg)[1] if with_general else [])
 
 
-def extract_answers(rows: list[dict], pattern: str, *, source: str) -> list[dict]:
-    """Replace each row's ``answer`` by what ``pattern`` extracts from it: a regex's group 1 (e.g. GSM8K's
-    ``####\\s*(.+)$``) or a named extractor (``boxed``, ``gsm8k``; :mod:`tasks.answer_patterns`).
-    ``1,234`` becomes ``1234``. A row the pattern finds nothing in is an error naming the source and row,
-    never a silent drop."""
-    from tasks.answer_patterns import answer_extractor, normalized_answer
-
-    extract = answer_extractor(pattern)
-    out = []
-    for i, row in enumerate(rows):
-        answer = extract(str(row.get("answer", "")))
-        if not answer:
-            raise ValueError(f"{source}: answer_pattern {pattern!r} does not match row {i} "
-                             f"(answer: {str(row.get('answer'))[:80]!r})")
-        out.append({**row, "answer": normalized_answer(answer)})
-    return out
-
-
 def cold_start_examples(cfg: RecipeConfig) -> list[dict]:
     """The chat examples the cold start trains on: ``cold_start.data`` where set, else the R1-format
     demonstrations of the ``data.tasks`` train split plus the demonstrations of every train source of

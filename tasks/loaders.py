@@ -78,9 +78,9 @@ def load_samples(
     Raises ``ValueError`` with one line such as
     ``data/my.jsonl: field 'question' (prompt_field) missing in row 3; row has fields: q, a``.
     """
-    label, rows = read_rows(source, split=split, limit=limit, subset=subset)
-    mapper = _RowMapper(label, prompt_field=prompt_field, answer_field=answer_field, answer_pattern=answer_pattern,
-                        fields=fields, default_task=task or default_task_name(source), split=split)
+    label, rows, mapper = _mapped_rows(source, prompt_field=prompt_field, answer_field=answer_field,
+                                       answer_pattern=answer_pattern, fields=fields, task=task, split=split,
+                                       limit=limit, subset=subset)
     samples = [mapper.sample(row, number) for number, row in enumerate(rows, start=1)]
     _check_unique_ids(samples, label)
     return _kept_columns(samples, rows, columns, label=label, renamed=mapper.renamed,
@@ -110,9 +110,9 @@ def load_demonstrations(
       demonstration (:func:`tasks.make_demonstration`);
     - else none. An empty result is the caller's to judge (a cold start needs some; RL does not).
     """
-    label, rows = read_rows(source, split=split, limit=limit, subset=subset)
-    mapper = _RowMapper(label, prompt_field=prompt_field, answer_field=answer_field, answer_pattern=answer_pattern,
-                        fields=fields, default_task=task or default_task_name(source), split=split)
+    label, rows, mapper = _mapped_rows(source, prompt_field=prompt_field, answer_field=answer_field,
+                                       answer_pattern=answer_pattern, fields=fields, task=task, split=split,
+                                       limit=limit, subset=subset)
     demos = []
     for number, row in enumerate(rows, start=1):
         if messages_field and messages_field in row:
@@ -134,6 +134,16 @@ def load_demonstrations(
                 raise ValueError(f"{label}: row {number}: {error}") from None
     _check_unique_ids(demos, label)
     return demos
+
+
+def _mapped_rows(source: str | os.PathLike, *, prompt_field: str, answer_field: str | None,
+                 answer_pattern: str | None, fields: Mapping[str, str] | None, task: str | None, split: str,
+                 limit: int | None, subset: str | None) -> tuple[str, list[dict], "_RowMapper"]:
+    """A source's ``(label, rows, mapper)``: what :func:`load_samples` and :func:`load_demonstrations` both read."""
+    label, rows = read_rows(source, split=split, limit=limit, subset=subset)
+    mapper = _RowMapper(label, prompt_field=prompt_field, answer_field=answer_field, answer_pattern=answer_pattern,
+                        fields=fields, default_task=task or default_task_name(source), split=split)
+    return label, rows, mapper
 
 
 class _RowMapper:
