@@ -5,8 +5,9 @@
 Both runs are `r1 reasoning-rl` on ``smollm2-moe`` (`r1 prepare-model smollm2-moe` first) with the same
 seed, prompts and settings; they differ only in ``rl.routing_replay``. Routing capture is on in both, so the
 run without R3 still measures how often the trainer's routers disagree with the engine's. Per step the
-script collects the reward, the rollout/trainer k3 KL, the share of tokens with |Δlogp| > ln 2, the router
-and token mismatch of the experts used, and the seconds of the step and of its parts. Writes
+script collects the reward, the rollout/trainer k3 KL, the share of tokens with |Δlogp| > ln 2, the training
+routers' own top-k against the engine's (``r3/router_mismatch_own``, ``r3/token_mismatch_own``), the routing
+coverage, the replay plumbing check (R3 on: must be 0), and the seconds of the step and of its parts. Writes
 ``<out>/r3_grpo.json`` (with the commit and every setting) and ``<out>/r3_grpo.png``.
 """
 from __future__ import annotations
@@ -21,9 +22,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYS = ["reward/mean", "rollout_train_mismatch/k3", "rollout_train_mismatch/frac_over_ln2", "r3/router_mismatch",
-        "r3/router_mismatch_unreplayed", "r3/token_mismatch", "train/entropy", "train/grad_norm", "time/step",
-        "time/generate", "time/train", "time/sync", "generated_tokens"]
+KEYS = ["reward/mean", "rollout_train_mismatch/k3", "rollout_train_mismatch/frac_over_ln2", "r3/router_mismatch_own",
+        "r3/token_mismatch_own", "r3/replay_plumbing_mismatch", "r3/routing_coverage", "r3/engine_rows_unknown",
+        "train/entropy", "train/grad_norm", "time/step", "time/generate", "time/train", "time/sync",
+        "generated_tokens"]
 
 
 def run_arm(replay: bool, args) -> list[dict]:
@@ -45,17 +47,17 @@ def plot(arms: dict[str, list[dict]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = [("reward/mean", "reward (mean)"), ("rollout_train_mismatch/k3", "rollout vs train k3 KL / token"),
-              ("r3/router_mismatch", "routers using other experts than the rollout"),
-              ("r3/token_mismatch", "tokens with any differing router")]
+              ("r3/router_mismatch_own", "training router's own top-k != rollout's"),
+              ("r3/token_mismatch_own", "tokens with any such router")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for ax, (key, title) in zip(axes, panels):
         for label, rows in arms.items():
             steps = [r["step"] for r in rows if r.get(key) is not None]
             ax.plot(steps, [r[key] for r in rows if r.get(key) is not None], marker="o", label=label)
-        if key == "r3/router_mismatch" and "R3 on" in arms:  # what the replayed run's own routers would pick
-            rows = [r for r in arms["R3 on"] if r.get("r3/router_mismatch_unreplayed") is not None]
-            ax.plot([r["step"] for r in rows], [r["r3/router_mismatch_unreplayed"] for r in rows], ls="--",
-                    color="tab:orange", label="R3 on: training router's own choice")
+        if key == "r3/router_mismatch_own" and "R3 on" in arms:  # the plumbing check: 0 when replay holds
+            rows = [r for r in arms["R3 on"] if r.get("r3/replay_plumbing_mismatch") is not None]
+            ax.plot([r["step"] for r in rows], [r["r3/replay_plumbing_mismatch"] for r in rows], ls="--",
+                    color="tab:orange", label="R3 on: experts used != replayed (must be 0)")
             ax.legend(fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("RL step")

@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(r3)
     r3.add_argument("--model", help="model dir or alias (default: config model.name)")
     r3.add_argument("--out", help="output dir (default: runs/<name>/r3_check)")
+    r3.add_argument("--repeats", type=int, default=5, help="timed pairs per arm, order alternating (default 5, "
+                                                           "at least 2)")
 
     sm = sub.add_parser("submit", help="run a recipe command (run, a stage, eval, ...) as a Ray job on a cluster: "
                                        "prints the job id and the run dir, then follows the logs")
@@ -268,9 +270,10 @@ def _eval_data(args):
 
 def _stage(cfg, args) -> int:
     """`r1 <stage>`: run one stage of the recipe's table; print where its result went."""
-    from .recipe import STAGES, run_stage_command, stage_running
+    from .recipe import STAGES, run_stage_command, stage_of, stage_running
 
-    stage = next(s for s in STAGES if s.command == args.command)
+    # As the config's recipe variant has it; a stage it does not have (cold-start under R1-Zero): one line.
+    stage = stage_of(cfg, next(s.name for s in STAGES if s.command == args.command))
     log.info("run dir: %s", cfg.run_dir())  # first: a submitted job's log says where its artifacts go
     with stage_running(stage.name):
         # Recorded (fingerprints) as `r1 run` records it, so `r1 run` continues from it, not over it.
@@ -288,7 +291,7 @@ def _run(cfg, args) -> int:
     if not args.no_report:
         from .report import write_report
 
-        print(f"report: {write_report(cfg.run_dir())}")
+        print(f"report: {write_report(cfg.run_dir(), variant=cfg.recipe.variant)}")
     return 0
 
 
@@ -306,17 +309,29 @@ def _score(cfg, args) -> int:
 def _r3_check(cfg, args) -> int:
     from .r3_check import run_r3_check
 
-    result = run_r3_check(cfg, model=args.model, out=args.out)
-    for name in ("without_r3", "with_r3"):
+    result = run_r3_check(cfg, model=args.model, out=args.out, repeats=args.repeats)
+    for name in ("without_r3", "with_r3", "shifted_routing"):
         r = result[name]
-        print(f"{name:>10}: router mismatch {r['router_mismatch']:.4f}, token mismatch {r['token_mismatch']:.4f}, "
-              f"k3 {r['k3']:.2e}, |dlogp| > ln2 {r['frac_over_ln2']:.4f}")
+        line = (f"{name:>15}: router_mismatch_own {r['router_mismatch_own']:.4f}, token_mismatch_own "
+                f"{r['token_mismatch_own']:.4f}, routing_coverage {r['routing_coverage']:.4f}")
+        if "replay_plumbing_mismatch" in r:
+            line += f", replay_plumbing_mismatch {r['replay_plumbing_mismatch']:.4f} (must be 0)"
+        if "k3" in r:
+            line += f", k3 {r['k3']:.2e}, |dlogp| > ln2 {r['frac_over_ln2']:.4f}"
+        print(line)
     k3 = result["k3_paired"]
     print(f"k3 with - without R3, paired over {k3['rows']} rows: {k3['mean_row_diff_with_minus_without']:+.2e} "
-          f"(standard error {k3['standard_error'] or float('nan'):.1e}); replaying other experts moves logprobs by "
-          f"{result['routing_sensitivity']['mean_abs_dlogp_other_experts']:.3f} on average")
-    print(f"routing bytes per token {result['routing_bytes_per_token']}, "
-          f"R3 overhead {100 * result['overhead_fraction']:.1f}% of generation + update time")
+          f"(standard error {k3['standard_error'] or float('nan'):.1e}); replaying other experts (ids + 1) moves "
+          f"logprobs by {result['shifted_routing']['mean_abs_dlogp_other_experts']:.3f} on average")
+    for part, o in result["overhead"].items():
+        if part == "step":
+            print(f"R3 overhead per step {100 * o['fraction']:+.1f}% ± {100 * o['fraction_se']:.1f}% "
+                  f"(generation + update x {o['update_scale']:.1f}): {o['verdict']}")
+        else:
+            print(f"{part:>10} with/without R3: {o['mean_s_on']:.2f} s / {o['mean_s_off']:.2f} s, paired difference "
+                  f"{o['paired_diff_s']:+.3f} ± {o['se_s']:.3f} s, ratio {o['ratio']:.3f} ± {o['ratio_se']:.3f} "
+                  f"({o['pairs']} pairs): {o['verdict']}")
+    print(f"routing bytes per token {result['routing_bytes_per_token']}")
     return 0
 
 

@@ -16,6 +16,7 @@ from trainer.settings import GRPOLoss, LoraSettings, OptimKnobs, TrainerKnobs
 # from here.
 from .config_base import (EVALUATED_STAGES, R1_SYSTEM_PROMPT, ConfigError, OptimBlock, SamplingBlock,  # noqa: F401
                           SamplingKnobs, _Strict, resolve)
+from .config_feature import FeatureDistillConfig  # noqa: F401
 from .config_inputs import (BUILTIN_TASKS, DataConfig, DataSource, EvalConfig, EvalRewardRole,  # noqa: F401
                             EvalRewards, RewardItem, RewardsConfig, SourceSpec, TaskMix)
 
@@ -272,17 +273,39 @@ class DistillConfig(_Strict):
     batch_size: int = Field(8, ge=1)
     optim: OptimBlock = Field(default_factory=lambda: OptimBlock(lr=1e-4))
     rl_only_steps: int | None = Field(None, ge=1, description="steps of the RL-only student (default: rl.steps)")
+    rl_only_budget: Literal["steps", "match_distill"] = Field(
+        "steps", description="how long the RL-only student trains: steps = rl_only_steps; match_distill = until its "
+        "compute (FLOPs, stages.compute) reaches the finished distill stage's, read from its manifest")
+    rl_only_max_steps: int | None = Field(None, ge=1, description="match_distill: stop here even if the budget is "
+                                          "not reached (null: no cap)")
+    rl_only_rewards: list[RewardItem] | None = Field(None, description="what the RL-only student trains on (null: "
+                                                     "rewards.items); its held-out eval is the recipe's, as distill's")
+
+    @model_validator(mode="after")
+    def _rl_only_budget(self) -> "DistillConfig":
+        if self.rl_only_budget == "match_distill" and self.rl_only_steps is not None:
+            raise ValueError("rl_only_steps is the length of rl_only_budget=steps; with match_distill the distill "
+                             "stage's compute decides (cap it with distill.rl_only_max_steps)")
+        if self.rl_only_budget == "steps" and self.rl_only_max_steps is not None:
+            raise ValueError("rl_only_max_steps caps rl_only_budget=match_distill; with steps set distill.rl_only_steps")
+        if self.rl_only_rewards is not None and not self.rl_only_rewards:
+            raise ValueError("rl_only_rewards is empty; null trains the RL-only student on rewards.items")
+        return self
     with_rejection_data: bool = Field(True, description="also train on the rejection_sample stage's dataset (the "
                                       "R1 paper distils with that curated SFT data)")
     kl_weight: float = Field(0.0, ge=0, le=1, description="logit distillation: loss = (1-w) CE + w T^2 KL(teacher||"
                              "student) per token on the SFT data; 0 is the paper's plain SFT on teacher samples")
     kl_temperature: float = Field(1.0, gt=0, description="softening temperature T of the logit KL")
+    feature: FeatureDistillConfig = Field(default_factory=FeatureDistillConfig, description="feature distillation")
     on_policy: OnPolicyConfig = Field(default_factory=lambda: OnPolicyConfig())
 
 
 class RecipeStagesConfig(_Strict):
-    """What `r1 run` does besides running the stages."""
+    """Which path of the R1 paper `r1 run` takes, and what it does besides running the stages."""
 
+    variant: Literal["r1", "zero"] = Field(
+        "r1", description="r1: the multi-stage DeepSeek-R1 recipe; zero: R1-Zero, reasoning RL straight from the "
+        "base model (no cold start), then stop (pipeline.variants)")
     eval_each_stage: bool = Field(True, description="held-out eval of every stage's model")
     rl_only_student: bool = Field(True, description="also train the student by RL alone (the R1 paper's comparison)")
     until: str | None = Field(None, description="last stage `r1 run` runs (its --until wins); null = all")

@@ -84,6 +84,10 @@ class DataSource(SourceSpec):
 
 class DataConfig(_Strict):
     system_prompt: str = R1_SYSTEM_PROMPT
+    template: Literal["chat", "r1_zero", "r1_zero_chat"] = Field(
+        "chat", description="how prompts are laid out (tasks.prompting): chat = the chat template with "
+        "system_prompt; r1_zero = the R1 paper's R1-Zero template as raw text (no chat template, no system "
+        "prompt); r1_zero_chat = that text as the user turn of the chat template")
     tasks: list[TaskMix] = Field(default_factory=lambda: [TaskMix(name="arithmetic")])
     sources: list[DataSource] = Field(default_factory=list)
 

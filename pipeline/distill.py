@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from dataclasses import replace
 from pathlib import Path
 
-from stages.manifest import stage_model
+from stages.manifest import read_manifest, stage_model
 
 from .config import RecipeConfig, SFTConfig, resolve
+from .student_compute import distill_budget, distill_compute, side_by_side
 
 log = logging.getLogger("r1.distill")
 
@@ -31,10 +34,14 @@ def run_distill(cfg: RecipeConfig, *, out: str | None = None) -> dict:
     from .rejection import verified_dataset
     from .sft import read_chat_examples, run_sft
 
+    started = time.time()
     d = cfg.distill
     out_dir = Path(out) if out else cfg.run_dir() / "distill"
     teacher = d.teacher or stage_model(cfg.run_dir(), "general_rl") or str(cfg.run_dir() / "general_rl" / "model")
     student = student_init(cfg)
+    feature = d.feature.model_dump() if d.feature.weight > 0 else None
+    if feature:  # a layer out of range: one line now, not after the teacher's sampling
+        check_feature_layers(feature, student, teacher)
     data_dir = out_dir / "teacher_data"
     stats_file = data_dir / "stats.json"
     curated = cfg.run_dir() / "rejection_sample" / "data.jsonl"
@@ -56,8 +63,8 @@ def run_distill(cfg: RecipeConfig, *, out: str | None = None) -> dict:
         summary = finished_sft  # a rerun after a crash in the on-policy part
     else:
         summary = run_sft(cfg, sft, examples, out_dir=out_dir, stage="distill", init_model=student, evaluate=False,
-                          teacher=teacher if d.kl_weight else None, kl_weight=d.kl_weight,
-                          kl_temperature=d.kl_temperature)
+                          teacher=teacher if d.kl_weight or feature else None, kl_weight=d.kl_weight,
+                          kl_temperature=d.kl_temperature, feature=feature)
     if d.on_policy.steps:
         summary["sft_model"] = summary["model"]
         summary.update(run_on_policy(cfg, student=summary["model"], teacher=teacher, out_dir=out_dir / "on_policy"))
@@ -65,7 +72,21 @@ def run_distill(cfg: RecipeConfig, *, out: str | None = None) -> dict:
     summary.update({"teacher": teacher, "student_init": student, "teacher_rows": stats["rows"],
                     "rows": len(examples),
                     "teacher_acceptance": stats["acceptance"].get("all", {}).get("acceptance_rate")})
+    summary["compute"] = distill_compute(cfg, out_dir, teacher=teacher, student=student, curated=use_curated,
+                                         seconds=time.time() - started)
     return summary
+
+
+def check_feature_layers(feature: dict, student: str, teacher: str) -> list[tuple[int, int]]:
+    """``distill.feature``'s layer pairs checked against the two models' depths (their configs only)."""
+    from transformers import AutoConfig
+
+    from trainer.feature_distill import layer_pairs
+    from trainer.model_io import resolve_model
+
+    n_student, n_teacher = (AutoConfig.from_pretrained(resolve_model(m)).get_text_config().num_hidden_layers
+                            for m in (student, teacher))
+    return layer_pairs(feature["student_layers"], feature["teacher_layers"], n_student, n_teacher)
 
 
 def run_on_policy(cfg: RecipeConfig, *, student: str, teacher: str, out_dir: Path) -> dict:
@@ -86,7 +107,7 @@ def run_on_policy(cfg: RecipeConfig, *, student: str, teacher: str, out_dir: Pat
     d = cfg.distill.on_policy
     tokenizer = AutoTokenizer.from_pretrained(student)
     train_samples, _ = build_splits(cfg)
-    prompts = [render_prompt_ids(tokenizer, s, cfg.data.system_prompt) for s in train_samples]
+    prompts = [render_prompt_ids(tokenizer, s, cfg.data.system_prompt, cfg.data.template) for s in train_samples]
     sampling = SamplingSpec(n=d.samples, **resolve(d.sampling, cfg.rollout).model_dump(), seed=cfg.run.seed,
                             logprobs=False)
     plan = OnPolicyPlan(prompts=prompts, steps=d.steps, prompts_per_step=d.prompts_per_step,
@@ -106,17 +127,29 @@ def run_on_policy(cfg: RecipeConfig, *, student: str, teacher: str, out_dir: Pat
             "on_policy_final_reverse_kl": summary["final_reverse_kl"]}
 
 
-def student_rl_job(cfg: RecipeConfig):
-    """The R1 paper's comparison: reasoning RL (the ``rl`` section, ``distill.rl_only_steps`` steps) of the
-    untrained student, no teacher."""
+def student_rl_job(cfg: RecipeConfig, budget_flops: float | None = None):
+    """The R1 paper's comparison: reasoning RL (the ``rl`` section) of the untrained student, no teacher, on
+    ``distill.rl_only_rewards`` (default ``rewards.items``); ``distill.rl_only_steps`` steps, or with
+    ``budget_flops`` until its compute reaches them (``distill.rl_only_max_steps`` at most)."""
     from .rl import GRPOJob
 
-    section = cfg.rl.model_copy(update={"steps": cfg.distill.rl_only_steps or cfg.rl.steps})
-    return GRPOJob("student_rl", section, list(cfg.rewards.items), list(cfg.data.tasks), student_init(cfg))
+    d = cfg.distill
+    section = cfg.rl.model_copy(update={"steps": d.rl_only_steps or cfg.rl.steps})
+    rewards = list(d.rl_only_rewards if d.rl_only_rewards is not None else cfg.rewards.items)
+    job = GRPOJob("student_rl", section, rewards, list(cfg.data.tasks), student_init(cfg))
+    return job if budget_flops is None else replace(job, budget_flops=budget_flops, max_steps=d.rl_only_max_steps)
 
 
 def run_student_rl(cfg: RecipeConfig, *, out: str | None = None) -> dict:
-    """The same student trained by reasoning RL alone."""
+    """The same student trained by reasoning RL alone; its manifest has its compute and, where the distill
+    stage recorded one, the distillation's beside it (``compute_vs_distill``)."""
     from .rl import run_grpo
 
-    return run_grpo(cfg, student_rl_job(cfg), out=out)
+    match = cfg.distill.rl_only_budget == "match_distill"
+    distilled = distill_budget(cfg.run_dir()) if match else (read_manifest(cfg.run_dir() / "distill") or {}).get("compute")
+    job = student_rl_job(cfg, distilled["flops"] if match else None)
+    summary = run_grpo(cfg, job, out=out)
+    summary.update({"rl_only_budget": cfg.distill.rl_only_budget, "distill_compute": distilled,
+                    "compute_vs_distill": side_by_side(distilled, summary.get("compute")),
+                    "rewards": [item.model_dump() for item in job.rewards]})
+    return summary

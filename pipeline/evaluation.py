@@ -63,7 +63,7 @@ def run_eval(cfg: RecipeConfig, *, model: str | None = None, data: str | None = 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prefilled = cfg.rewards.prefilled_think
     if prefilled == "auto":
-        prefilled = template_prefills_think(tokenizer, cfg.data.system_prompt)
+        prefilled = template_prefills_think(tokenizer, cfg.data.system_prompt, cfg.data.template)
     scoring = eval_scoring(cfg, prefilled)  # eval.rewards over the recipe's rewards (pipeline.eval_rewards)
     own_engine = engine is None
     if own_engine:
@@ -71,7 +71,7 @@ def run_eval(cfg: RecipeConfig, *, model: str | None = None, data: str | None = 
         engine = build_engine(cfg.rollout.engine, model_dir, **engine_options(cfg))
     try:
         metrics = evaluate(engine, tokenizer, samples, system_prompt=cfg.data.system_prompt,
-                           sampling=eval_sampling(cfg), ks=cfg.eval.k, out_dir=out_dir, scoring=scoring)
+                           template=cfg.data.template, sampling=eval_sampling(cfg), ks=cfg.eval.k, out_dir=out_dir, scoring=scoring)
     finally:
         if own_engine:
             engine.close()

@@ -4,7 +4,7 @@
   it, the model, the seed, the rollout settings that change what is sampled) and its inputs' training
   fingerprints. A change re-trains the stage (its old folder is moved aside, never removed).
 - The EVAL fingerprint: what the held-out eval of the stage's model reads (``eval``, the held-out data, the
-  system prompt, the rewards it scores with, ``rewards.prefilled_think``, the sampling rollout settings,
+  system prompt and template, the rewards it scores with, ``rewards.prefilled_think``, the sampling rollout settings,
   the seed). A change re-runs the
   eval only, and nothing downstream: later stages depend on training fingerprints alone.
 
@@ -65,7 +65,8 @@ def _sources(tree: dict, role: str) -> list[dict]:
 
 def data_part(tree: dict, which: str):
     """One data part a stage may read: ``train`` / ``test`` (``data.tasks`` and the ``data.sources`` of that
-    role), ``general`` / ``general_test`` (``general_rl.general_tasks``), ``system_prompt``."""
+    role), ``general`` / ``general_test`` (``general_rl.general_tasks``), ``system_prompt`` (with
+    ``data.template``: how every prompt is rendered)."""
     tasks, general = _part(tree, "data.tasks"), _part(tree, "general_rl.general_tasks")
     if which == "train":
         return {"tasks": _train_view(tasks), "sources": _sources(tree, "train")}
@@ -75,8 +76,11 @@ def data_part(tree: dict, which: str):
         return _train_view(general)
     if which == "general_test":
         return _test_view(general)
-    if which == "system_prompt":
-        return _part(tree, "data.system_prompt")
+    if which == "system_prompt":  # how prompts are rendered: the system prompt, and a template other than chat
+        template = _part(tree, "data.template") or "chat"
+        system_prompt = _part(tree, "data.system_prompt")
+        # chat (the default) hashes as before the templates existed: runs made then stay done.
+        return system_prompt if template == "chat" else {"system_prompt": system_prompt, "template": template}
     raise ValueError(f"unknown data part {which!r}; parts: train, test, general, general_test, system_prompt")
 
 

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +33,7 @@ from .reward_model import run_reward_model
 from .rl import run_general_rl, run_reasoning_rl
 from .sft import run_cold_start, run_sft_stage
 from .superseded import move_aside
+from .variants import runs_stage
 
 log = logging.getLogger("r1.recipe")
 
@@ -75,7 +76,10 @@ def _base(cfg: RecipeConfig, out: str | None = None) -> dict:
 
 _DEMOS = ("train", "system_prompt")  # prompts (and demonstrations) of data.tasks / data.sources, rendered
 _ALL_TRAIN = ("train", "general", "system_prompt")  # plus general_rl.general_tasks' prompts
-_STUDENT = ("distill.student", "distill.student_layers", "distill.rl_only_steps")
+# What the RL-only student's training reads of the distill section: the student, how long it trains (under
+# rl_only_budget: match_distill the distill stage is also its input: _budget_input) and on which rewards.
+_STUDENT = ("distill.student", "distill.student_layers", "distill.rl_only_steps", "distill.rl_only_budget",
+            "distill.rl_only_max_steps", "distill.rl_only_rewards")
 
 STAGES: tuple[Stage, ...] = (
     Stage("base", _base, (), target="the starting point"),
@@ -83,6 +87,8 @@ STAGES: tuple[Stage, ...] = (
           help="stage 1: SFT on R1-format demonstrations, then a held-out eval",
           target="format rate (readable R1-format reasoning)", compared_with="base",
           target_delta=("base", "all", "format"), data=_DEMOS, data_from="cold_start.data"),
+    # Under recipe.variant zero (R1-Zero) there is no cold start: reasoning RL starts from, and is compared
+    # with, the base model (recipe_stages).
     Stage("reasoning_rl", run_reasoning_rl, ("rl", "rewards", "trainer", "rollout"), ("cold_start",),
           help="stage 2: GRPO with rule rewards on Ray actors (resumes if interrupted)",
           target="reasoning pass@1", compared_with="cold_start", target_delta=("cold_start", "reasoning", "correct"),
@@ -114,6 +120,47 @@ STAGES: tuple[Stage, ...] = (
           data=_DEMOS, loop_eval="rl"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def recipe_stages(variant: str) -> tuple[Stage, ...]:
+    """The stages of the ``recipe.variant`` path (:mod:`pipeline.variants`), in order, as that path runs them:
+    an input stage the path does not run is not read (the stage starts from the base model, ``model.name``)
+    and a comparison with one is made with the base model instead; a stage so changed has
+    ``recipe.variant`` in its training fingerprint."""
+    return tuple(_in_variant(s, variant) for s in STAGES if runs_stage(variant, s.name))
+
+
+def _in_variant(stage: Stage, variant: str) -> Stage:
+    def ref(name: str | None) -> str | None:
+        return name if name is None or runs_stage(variant, name) else "base"
+
+    inputs = tuple(name for name in stage.inputs if runs_stage(variant, name))
+    target_delta = stage.target_delta and (ref(stage.target_delta[0]), *stage.target_delta[1:])
+    if inputs == stage.inputs and ref(stage.compared_with) == stage.compared_with:
+        return stage
+    return replace(stage, inputs=inputs, sections=(*stage.sections, "recipe.variant"),
+                   compared_with=ref(stage.compared_with), target_delta=target_delta)
+
+
+def stage_of(cfg: RecipeConfig, name: str) -> Stage:
+    """The stage ``name`` of the config's recipe variant; a stage the variant does not have is an error in one
+    line (`r1 cold-start` under R1-Zero)."""
+    variant = cfg.recipe.variant
+    for stage in recipe_stages(variant):
+        if stage.name == name:
+            return _budget_input(stage, cfg)
+    have = ", ".join(s.name for s in recipe_stages(variant))
+    raise ValueError(f"stage {name} is not part of recipe.variant={variant} (its stages: {have}); "
+                     "set recipe.variant=r1 to run it")
+
+
+def _budget_input(stage: Stage, cfg: RecipeConfig) -> Stage:
+    """The RL-only student sized by the distillation's compute (``distill.rl_only_budget: match_distill``)
+    reads the distill stage's manifest: distill is then its input (it must be done; its training fingerprint
+    is part of the student's)."""
+    if stage.name == "student_rl" and cfg.distill.rl_only_budget == "match_distill" and "distill" not in stage.inputs:
+        return replace(stage, inputs=(*stage.inputs, "distill"))
+    return stage
 
 
 _running: list[str] = []  # the stages this process is running now (a stack: a stage may evaluate inside itself)
@@ -163,16 +210,20 @@ def _check_inputs(cfg: RecipeConfig, stage: Stage) -> None:
                                     f"{cfg.run_dir() / name}; run it first (r1 run --from {name})")
 
 
-def select_stages(start: str | None, until: str | None) -> list[Stage]:
-    """The stages from ``start`` to ``until`` inclusive, in recipe order."""
-    for name in (start, until):
+def select_stages(start: str | None, until: str | None, variant: str = "r1") -> list[Stage]:
+    """The stages of the ``variant`` path from ``start`` to ``until`` inclusive, in recipe order."""
+    stages = recipe_stages(variant)
+    names = tuple(s.name for s in stages)
+    for flag, name in (("--from", start), ("--until", until)):
         if name is not None and name not in STAGE_NAMES:
             raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
-    i = STAGE_NAMES.index(start) if start else 0
-    j = STAGE_NAMES.index(until) if until else len(STAGES) - 1
+        if name is not None and name not in names:
+            raise ValueError(f"{flag} {name}: not a stage of recipe.variant={variant} (its stages: {', '.join(names)})")
+    i = names.index(start) if start else 0
+    j = names.index(until) if until else len(stages) - 1
     if i > j:
         raise ValueError(f"--from {start} comes after --until {until}")
-    return list(STAGES[i:j + 1])
+    return list(stages[i:j + 1])
 
 
 def recorded_fingerprints(run_dir: Path) -> dict[str, str | None]:
@@ -208,11 +259,12 @@ def prepare_stage_dir(cfg: RecipeConfig, stage: Stage, fp: str, *, restart_finis
     marker.write_text(fp)
 
 
-def _recorded(stage: Stage, fp: str, efp: str | None, fps: dict) -> dict:
-    """The manifest fields that say what a finished stage was made from (stages.manifest)."""
+def _recorded(cfg: RecipeConfig, stage: Stage, fp: str, efp: str | None, fps: dict) -> dict:
+    """The manifest fields that say what a finished stage was made from (stages.manifest), and the recipe
+    variant it was run for (the report reads it)."""
     return {"stage": stage.name, "fingerprint": fp, "eval_fingerprint": efp,
             "fingerprints_version": FINGERPRINTS_VERSION, "complete": True,
-            "inputs": {n: fps.get(n) for n in stage.inputs}}
+            "inputs": {n: fps.get(n) for n in stage.inputs}, "recipe_variant": cfg.recipe.variant}
 
 
 def run_stage_command(cfg: RecipeConfig, stage: Stage, out: str | None = None) -> dict:
@@ -222,6 +274,7 @@ def run_stage_command(cfg: RecipeConfig, stage: Stage, out: str | None = None) -
     eval (``cold_start.eval``, ``sft.eval``) is recorded as such; `r1 run` re-runs only an eval that differs
     from its own (e.g. ``eval.general_stages`` leaves the stage out). Elsewhere it is not the run's stage:
     nothing is recorded."""
+    stage = stage_of(cfg, stage.name)  # as the config's recipe variant has it; not in it: refused
     run_dir = cfg.run_dir()
     stage_dir = run_dir / stage.name
     if out is not None and Path(out).resolve() != stage_dir.resolve():
@@ -235,7 +288,7 @@ def run_stage_command(cfg: RecipeConfig, stage: Stage, out: str | None = None) -
     summary = stage.run(cfg, out=out)
     evaluated = bool(stage.own_eval and summary.get("eval"))
     efp = eval_fingerprint(cfg, None, split=cfg.eval.split) if evaluated else None
-    summary.update({**_recorded(stage, fp, efp, fps), "seconds": round(time.time() - started, 1)})
+    summary.update({**_recorded(cfg, stage, fp, efp, fps), "seconds": round(time.time() - started, 1)})
     write_manifest(stage_dir, summary)
     return summary
 
@@ -271,7 +324,7 @@ def run_recipe(cfg: RecipeConfig, *, start: str | None = None, until: str | None
     from .cluster import shared_rollouts
     from .memory import PeakMemory
 
-    selected = select_stages(start, until)
+    selected = [_budget_input(s, cfg) for s in select_stages(start, until, cfg.recipe.variant)]
     if not cfg.recipe.rl_only_student:
         selected = [s for s in selected if s.name != "student_rl"]
     run_dir = cfg.run_dir()
@@ -307,7 +360,7 @@ def run_recipe(cfg: RecipeConfig, *, start: str | None = None, until: str | None
                 summary = stage.run(stage_cfg)
                 if evaluates:
                     summary["eval"] = evaluate_stage(cfg, stage.name, summary["model"])
-            summary.update({**_recorded(stage, fp, efp, fps), "seconds": round(time.time() - started, 1),
+            summary.update({**_recorded(cfg, stage, fp, efp, fps), "seconds": round(time.time() - started, 1),
                             "stage_peak_memory_gib": round(mem.peak_gib, 2)})
             write_manifest(stage_dir, summary)
             results.append(summary)

@@ -58,7 +58,7 @@ def verified_dataset(cfg: RecipeConfig, model: str, out_dir: Path, *, prompts: i
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prefilled = cfg.rewards.prefilled_think
     if prefilled == "auto":
-        prefilled = template_prefills_think(tokenizer, cfg.data.system_prompt)
+        prefilled = template_prefills_think(tokenizer, cfg.data.system_prompt, cfg.data.template)
     # Correct and well-formed by the training rewards' own extraction and layout (rewards.items).
     scoring = recipe_scoring(cfg, prefilled)
     train, _ = build_splits(cfg)
@@ -76,7 +76,8 @@ def verified_dataset(cfg: RecipeConfig, model: str, out_dir: Path, *, prompts: i
     handle = start_rollout(cfg, model_dir)
     try:
         candidates = sample_candidates(RemoteEngine(handle), tokenizer, reasoning,
-                                       system_prompt=cfg.data.system_prompt, sampling=spec,
+                                       system_prompt=cfg.data.system_prompt, template=cfg.data.template,
+                                       sampling=spec,
                                        prefilled_think=prefilled, scoring=scoring)
     finally:
         release_rollout(handle)

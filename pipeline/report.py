@@ -11,20 +11,32 @@ from pathlib import Path
 
 from stages.manifest import read_manifest
 
-from .recipe import STAGE_NAMES, STAGES
+from .recipe import STAGE_NAMES, recipe_stages
+from .report_students import student_comparison, student_lines
 
 log = logging.getLogger("r1.report")
 
-ROWS = {s.name: s for s in STAGES}  # each stage's target, and what its effect is measured against
+
+def recorded_variant(run_dir: str | Path) -> str:
+    """The recipe variant (``recipe.variant``) the run was last run for: the newest stage manifest's; ``r1``
+    when no manifest records one (runs from before the variants)."""
+    found = []
+    for name in STAGE_NAMES:
+        manifest = read_manifest(Path(run_dir) / name)
+        if manifest and manifest.get("recipe_variant"):
+            found.append(((Path(run_dir) / name / "manifest.json").stat().st_mtime, manifest["recipe_variant"]))
+    return max(found)[1] if found else "r1"
 
 
-def collect(run_dir: str | Path) -> list[dict]:
-    """One record per stage that has a folder: manifest, eval summary (all tasks) and metric rows."""
+def collect(run_dir: str | Path, variant: str | None = None) -> list[dict]:
+    """One record per stage of the recipe ``variant`` (default: :func:`recorded_variant`) that has a folder:
+    its row of the recipe table (target, comparisons), manifest, eval summary (all tasks) and metric rows."""
     from .tracking import read_metrics
 
     run_dir = Path(run_dir)
     records = []
-    for name in STAGE_NAMES:
+    for row in recipe_stages(variant or recorded_variant(run_dir)):
+        name = row.name
         stage_dir = run_dir / name
         if not stage_dir.is_dir():
             continue
@@ -35,8 +47,8 @@ def collect(run_dir: str | Path) -> list[dict]:
         rows = read_metrics(metrics_file) if metrics_file.is_file() else []
         stats_file = stage_dir / "stats.json"
         stats = json.loads(stats_file.read_text()) if stats_file.is_file() else None
-        records.append({"stage": name, "dir": stage_dir, "manifest": manifest, "eval": evaluation, "rows": rows,
-                        "stats": stats})
+        records.append({"stage": name, "row": row, "dir": stage_dir, "manifest": manifest, "eval": evaluation,
+                        "rows": rows, "stats": stats})
     if not records:
         raise FileNotFoundError(f"{run_dir}: no stage folders ({', '.join(STAGE_NAMES)}); is this a run dir?")
     return records
@@ -64,13 +76,14 @@ def eval_table(records: list[dict]) -> list[dict]:
                       "pass_k": {k: v for k, v in row["pass_at"].items() if k != "1"}})
     by_stage = {rec["stage"]: rec for rec in records}
     for row in table:
-        ref = ROWS[row["stage"]].compared_with
+        stage = by_stage[row["stage"]]["row"]  # the recipe's row: what the stage is compared with
+        ref = stage.compared_with
         if ref in by_stage and by_stage[ref]["eval"]:
             row["vs"] = ref
             row["delta"] = _paired(by_stage[ref]["dir"], by_stage[row["stage"]]["dir"], "correct")
             row["delta_format"] = _paired(by_stage[ref]["dir"], by_stage[row["stage"]]["dir"], "format")
-        if ROWS[row["stage"]].target_delta:
-            ref, scope, key = ROWS[row["stage"]].target_delta
+        if stage.target_delta:
+            ref, scope, key = stage.target_delta
             if ref in by_stage and by_stage[ref]["eval"]:
                 tasks = _scope_tasks(row, scope, _general_tasks(by_stage))
                 row["target"] = {"vs": ref, "scope": scope, "metric": "pass@1" if key == "correct" else "format rate",
@@ -189,9 +202,13 @@ def _fmt(v, digits=3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def render_markdown(run_dir: Path, records: list[dict], table: list[dict], images: list[Path]) -> str:
+def render_markdown(run_dir: Path, records: list[dict], table: list[dict], images: list[Path],
+                    variant: str = "r1") -> str:
     """The report page: held-out table, per-stage facts (time, memory, data kept), plots."""
     lines = [f"# R1 recipe report: `{run_dir}`", ""]
+    if variant == "zero":
+        lines += ["Recipe variant `zero` (R1-Zero): reasoning RL straight from the base model, no cold start.", ""]
+    rows = {rec["stage"]: rec["row"] for rec in records}
     if table:
         tasks = sorted({t for r in table for t in r["per_task"]})
         n = table[0]
@@ -206,11 +223,12 @@ def render_markdown(run_dir: Path, records: list[dict], table: list[dict], image
                          f"{_fmt(r['format_rate'])} | "
                          + " | ".join(_fmt(r["per_task"].get(t)) for t in tasks)
                          + f" | {r.get('vs', '')} | {_delta(r.get('delta'))} | {_delta(r.get('delta_format'))} | "
-                         f"{ROWS[r['stage']].target} | {_target(r.get('target'))} |")
+                         f"{rows[r['stage']].target} | {_target(r.get('target'))} |")
         lines += ["", "Δ: the change against the named stage, paired over the same prompts (mean of per-prompt "
                   "differences, 95% interval, z). Δ of the target: the metric the stage is for, on its tasks "
                   "(reasoning = rule-verified tasks, general = general_rl.general_tasks), against the stage named.",
                   ""]
+    lines += student_lines(student_comparison(records, table))  # the two small students, with their compute
     seconds = [r["manifest"].get("seconds") or 0 for r in records]
     peaks = [max(r["manifest"].get("stage_peak_memory_gib") or 0, r["manifest"].get("peak_memory_gib") or 0)
              for r in records]
@@ -260,15 +278,19 @@ def _notes(rec: dict) -> str:
         parts.append(f"{m['steps']} steps")
     if m.get("peak_memory_gib") is not None:
         parts.append(f"RL peak {m['peak_memory_gib']} GiB")
+    if (m.get("compute") or {}).get("flops") and rec["stage"] in ("distill", "student_rl"):  # stages.compute
+        parts.append(f"compute {m['compute']['flops']:.3g} FLOPs, {m['compute'].get('seconds')} s")
     return "; ".join(parts)
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write ``report.md``, ``eval_by_stage.png``, ``stage_curves.png`` and ``report.json`` (default: ``<run>/report``)."""
+def write_report(run_dir: str | Path, out: str | Path | None = None, variant: str | None = None) -> Path:
+    """Write ``report.md``, ``eval_by_stage.png``, ``stage_curves.png`` and ``report.json`` (default: ``<run>/report``)
+    for the stages of the recipe ``variant`` (default: the one the run was last run for)."""
     run_dir = Path(run_dir)
     out_dir = Path(out) if out else run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = collect(run_dir)
+    variant = variant or recorded_variant(run_dir)
+    records = collect(run_dir, variant)
     table = eval_table(records)
     images = []
     if table:
@@ -276,9 +298,10 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     curves = plot_stage_curves(records, out_dir / "stage_curves.png")
     if curves:
         images.append(curves)
-    (out_dir / "report.md").write_text(render_markdown(run_dir, records, table, images) + "\n")
-    summary = {"table": table, "stages": {r["stage"]: {k: v for k, v in r["manifest"].items()
-                                                      if isinstance(v, (int, float, str, bool, type(None)))}
-                                          for r in records}}
+    (out_dir / "report.md").write_text(render_markdown(run_dir, records, table, images, variant) + "\n")
+    stages = {r["stage"]: {k: v for k, v in r["manifest"].items() if isinstance(v, (int, float, str, bool, type(None)))}
+              for r in records}
+    summary = {"recipe_variant": variant, "table": table, "stages": stages,
+               "students": student_comparison(records, table)}
     (out_dir / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     return out_dir / "report.md"

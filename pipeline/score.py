@@ -189,7 +189,7 @@ def resolve_prefilled_think(cfg) -> bool:
         from tasks.prompting import template_prefills_think
 
         tokenizer = AutoTokenizer.from_pretrained(str(local) if local.is_dir() else name, local_files_only=True)
-        prefilled = template_prefills_think(tokenizer, cfg.data.system_prompt)
+        prefilled = template_prefills_think(tokenizer, cfg.data.system_prompt, cfg.data.template)
     except Exception as exc:  # a template that does not render: the safe reading, said once
         log.warning("rewards.prefilled_think=auto read as false: cannot render %r's chat template (%s: %s)",
                     name, type(exc).__name__, exc)

@@ -40,11 +40,12 @@ def run_sft_stage(cfg: RecipeConfig, *, out: str | None = None) -> dict:
 
 def run_sft(cfg: RecipeConfig, c: SFTConfig, examples: list[dict], *, out_dir: Path, stage: str, init_model: str,
             evaluate: bool | None = None, teacher: str | None = None, kl_weight: float = 0.0,
-            kl_temperature: float = 1.0) -> dict:
+            kl_temperature: float = 1.0, feature: dict | None = None) -> dict:
     """Tokenize ``examples``, train ``init_model`` on them through a trainer actor, save, optionally evaluate.
 
     With ``teacher`` the trainer also holds that model and each step mixes cross-entropy with the token-level
-    KL(teacher || student) at weight ``kl_weight`` (logit distillation)."""
+    KL(teacher || student) at weight ``kl_weight`` (logit distillation) and, with ``feature`` (the
+    ``distill.feature`` block as a dict), the hidden-state loss of feature distillation."""
     import ray
     from transformers import AutoTokenizer
 
@@ -61,7 +62,7 @@ def run_sft(cfg: RecipeConfig, c: SFTConfig, examples: list[dict], *, out_dir: P
     if c.limit and len(examples) > c.limit:
         # A seeded sample, not the head: generated data comes grouped by task.
         examples = random.Random(cfg.run.seed).sample(examples, c.limit)
-    pairs, skipped = tokenize_examples(tokenizer, examples, c.max_length)
+    pairs, skipped = tokenize_examples(tokenizer, examples, c.max_length, cfg.data.template)
     log.info("%s: %d examples (%s skipped)", stage, len(pairs), skipped)
     plan = SFTPlan(pairs=pairs, epochs=c.epochs, batch_size=c.batch_size, micro_batch_size=cfg.trainer.micro_batch_size,
                    seed=cfg.run.seed, out_dir=out_dir, save_every=c.save_every,
@@ -74,8 +75,9 @@ def run_sft(cfg: RecipeConfig, c: SFTConfig, examples: list[dict], *, out_dir: P
 
         plan.step_method = "train_distill_sft"
         plan.step_options = {"kl_weight": kl_weight, "temperature": kl_temperature}
-        plan.extra_manifest.update({"teacher": teacher, "kl_weight": kl_weight, "kl_temperature": kl_temperature})
-        trainer = start_trainer(cfg, model_dir, settings, DistillTrainer, resolve_model(teacher))
+        plan.extra_manifest.update({"teacher": teacher, "kl_weight": kl_weight, "kl_temperature": kl_temperature,
+                                    "feature": feature})
+        trainer = start_trainer(cfg, model_dir, settings, DistillTrainer, resolve_model(teacher), feature)
     else:
         trainer = start_trainer(cfg, model_dir, settings)
     logger = MetricsLogger(out_dir, tensorboard=cfg.logging.tensorboard, run_name=f"{cfg.run.name}-{stage}")

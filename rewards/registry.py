@@ -28,6 +28,7 @@ from rewards.format import format_reward
 from rewards.instruction import instruction_reward
 from rewards.language import language_consistency_reward
 from rewards.length import overlong_penalty
+from rewards.numeric_closeness import numeric_closeness_reward
 from rewards.reasoning_gym_reward import reasoning_gym_reward
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ RewardFn = Callable[..., float]
 
 # Names a sample may not name as its verifier: they do not decide correctness (and "correctness"
 # itself would recurse).
-_NOT_VERIFIERS = frozenset({"correctness", "format", "language_consistency", "overlong"})
+_NOT_VERIFIERS = frozenset({"correctness", "format", "language_consistency", "overlong", "numeric_closeness"})
 
 
 def correctness_reward(completion: str, sample: Mapping[str, Any], *, timeout_s: float = 5.0,
@@ -96,6 +97,7 @@ _REGISTRY: dict[str, RewardFn] = {
     "correctness": correctness_reward,
     "code": code_reward,
     "reasoning_gym": reasoning_gym_reward,  # reasoning-gym tasks' own scorers (the optional extra `gym`)
+    "numeric_closeness": numeric_closeness_reward,  # partial credit near the gold number (training only)
 }
 
 

@@ -167,7 +167,8 @@ class RequestRouting:
         self.length = 0  # rows [0, length) exist (some may still be unknown)
         self.hashes: list[bytes] = []  # hash chain of the blocks already published or looked up
         self.from_store = 0
-        self.missing = 0
+        self.missing = 0  # rows a prefix-cache hit needed that the store no longer held (left unknown)
+        self.noncontiguous = 0  # steps that did not start where this request's rows ended
         self.checked = 0  # positions [0, checked) were already looked up in the store once
 
     def _grow(self, size: int) -> None:
@@ -289,6 +290,16 @@ def pad_rows(rows: np.ndarray | None, tokens: int, layers: int, top_k: int, dtyp
     return out, tokens - len(rows)
 
 
+def sample_counts(rows: np.ndarray, rows_missing: int, noncontiguous: int = 0) -> dict[str, int]:
+    """One sample's routing counts as the engine hands them on (``Completion.routing_counts``): ``rows_unknown``
+    (token rows of ``rows``, already padded by :func:`pad_rows`, that are all sentinel, whatever the cause),
+    ``rows_missing`` (rows the engine returned no routing for at all) and ``noncontiguous`` (capture steps that
+    did not start where the sample's rows ended)."""
+    flat = rows.reshape(len(rows), -1)
+    unknown = int((flat == sentinel_of(rows.dtype)).all(axis=1).sum()) if flat.shape[1] else len(rows)
+    return {"rows_unknown": unknown, "rows_missing": int(rows_missing), "noncontiguous": int(noncontiguous)}
+
+
 # ------------------------------------------------------------------------------------ worker extension
 class RoutingCaptureExtension:
     """Methods mixed into vLLM's worker (``LLM(worker_extension_cls=...)``), called via ``collective_rpc``.
@@ -383,6 +394,7 @@ class RoutingCaptureExtension:
                                                                        self._r3_dtype)
             elif s.start != routing.length:
                 stats["non_contiguous"] += 1
+                routing.noncontiguous += 1
             routing.write(s.start, step[s.offset:s.offset + s.count], fed[s.offset:s.offset + s.count])
         # Publish before filling: a request may hit blocks another request computed in this same step.
         for s in slices:
@@ -397,10 +409,13 @@ class RoutingCaptureExtension:
                 stats["rows_missing"] += missing
                 publish_blocks(routing, self._r3_store, self._r3_block_size)
 
-    def r3_take(self) -> dict[str, np.ndarray]:
-        """The rows of every request seen since the last call, by engine-core request id; forgets them."""
+    def r3_take(self) -> dict[str, tuple[np.ndarray, dict[str, int]]]:
+        """``(rows, counts)`` of every request seen since the last call, by engine-core request id; forgets
+        them. ``counts``: ``rows_store_miss`` (prefix-cache rows the store no longer held: left unknown) and
+        ``noncontiguous`` (steps that did not start where the request's rows ended)."""
         requests, self._r3_requests = self._r3_requests, {}
-        return {req_id: routing.result() for req_id, routing in requests.items()}
+        return {req_id: (routing.result(), {"rows_store_miss": routing.missing, "noncontiguous": routing.noncontiguous})
+                for req_id, routing in requests.items()}
 
     def r3_reset(self) -> int:
         """Clear the block store (call whenever the engine's prefix cache is reset); rebinds the routers.
@@ -415,10 +430,11 @@ class RoutingCaptureExtension:
 
     def r3_enable(self, on: bool) -> None:
         """Switch capture on or off (off: routers get no capture function, steps no bookkeeping), so the
-        cost of capture can be timed on one engine. Switching on starts from an empty store."""
+        cost of capture can be timed on one engine. Either way the store starts empty: the engine resets its
+        prefix cache with it (``VLLMEngine.set_routing_capture``), and the two must mirror each other."""
         self._r3_enabled = bool(on)
+        self._r3_store.reset()
         if on:
-            self._r3_store.reset()
             self._r3_bind_routers()
         else:
             for _, module in self.model_runner.model.named_modules():

@@ -42,6 +42,10 @@ class Completion:
     # sampled token never went through a forward), uint8 (<= 256 experts) or uint16; a row of the dtype's
     # max (sentinel) means unknown: the trainer routes that token itself. None for dense models / capture off.
     routed_experts: "np.ndarray | None" = None
+    # R3: the engine's counts for this sample's routing: rows_unknown (rows handed over as the sentinel),
+    # rows_missing (rows the engine returned no routing for at all), noncontiguous (capture steps that did not
+    # start where the sample's rows ended). None where the engine does not count (dense, capture off, hf).
+    routing_counts: dict[str, int] | None = None
 
     @property
     def truncated(self) -> bool:
@@ -76,6 +80,8 @@ class RolloutBatch:
     loss_mask: list[bool] = field(default_factory=list)  # False: row takes no part in the loss (e.g. overlong)
     # R3: top-k expert ids per token (prompt + response) per MoE layer, [tokens, moe_layers, k]; None for dense.
     routed_experts: list | None = None
+    # R3: the engines' routing counts (Completion.routing_counts) summed over the rows; empty when none counted.
+    routing_counts: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.response_ids)

@@ -152,16 +152,20 @@ class VLLMEngine:
         return generations
 
     def set_routing_capture(self, on: bool) -> None:
-        """Pause or resume routing capture of an engine started with it (to time what capture costs)."""
+        """Pause or resume routing capture of an engine started with it (to time what capture costs). Either
+        way the engine starts from an empty prefix cache (and routing store): a cached prefix computed while
+        capture was off has no rows to copy, and timed runs must not inherit each other's cache."""
         if not self.routing_capture:
             raise ValueError("set_routing_capture: the engine was started without routing_capture")
+        self.wake()
+        self.llm.reset_prefix_cache()
         if self._capture_on_cpu:
             self.llm.collective_rpc("r3_enable", args=(bool(on),))
         self._capture_active = bool(on)
 
     def _attach_routing(self, outputs, generations: list[Generation]) -> None:
         """Give each completion its ``[prompt + response - 1, moe_layers, k]`` routing."""
-        from .routing_capture import from_vllm_routed_experts, pad_rows, split_request_id
+        from .routing_capture import from_vllm_routed_experts, pad_rows, sample_counts, split_request_id
 
         shape = (len(self.moe_layers), self.routing_top_k, self.routing_dtype)
         if self._capture_on_cpu:
@@ -175,15 +179,18 @@ class VLLMEngine:
                     continue  # a request from another call (none while generate is synchronous)
         for out, gen in zip(outputs, generations):
             for c, completion in zip(out.outputs, gen.completions):
+                noncontiguous = 0
                 if self._capture_on_cpu:
-                    rows = by_sample.get((out.request_id, c.index))
+                    rows, counts = by_sample.get((out.request_id, c.index), (None, {}))
+                    noncontiguous = counts.get("noncontiguous", 0)
                 else:
                     rows = from_vllm_routed_experts(getattr(c, "routed_experts", None), self.moe_layers,
                                                     self.routing_num_experts)
                 tokens = len(gen.prompt_ids) + len(completion.token_ids) - 1
                 # Exactly one row per token that went through a forward; absent rows stay "unknown".
-                completion.routed_experts, unknown = pad_rows(rows, tokens, *shape)
-                self.routing_rows_unknown += unknown
+                completion.routed_experts, missing = pad_rows(rows, tokens, *shape)
+                completion.routing_counts = sample_counts(completion.routed_experts, missing, noncontiguous)
+                self.routing_rows_unknown += missing
 
     def routing_stats(self) -> dict:
         """CPU capture counters: rows captured, copied from the prefix store, left unknown (sentinel)."""

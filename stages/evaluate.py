@@ -203,15 +203,17 @@ def format_table(metrics: Mapping[str, TaskMetrics], scoring: EvalScoring | None
 
 def evaluate(engine, tokenizer, samples: Sequence[Mapping], *, system_prompt: str | None, sampling: SamplingSpec,
              ks: Sequence[int], prefilled_think: bool = False, out_dir: Path | None = None,
-             progress: bool = True, scoring: EvalScoring | None = None) -> dict[str, TaskMetrics]:
-    """Generate ``sampling.n`` completions per sample, score them with ``scoring`` (default: the built-in
-    correctness and format rewards with ``prefilled_think``), and write ``eval.json`` + samples."""
+             progress: bool = True, scoring: EvalScoring | None = None, template: str = "chat"
+             ) -> dict[str, TaskMetrics]:
+    """Generate ``sampling.n`` completions per sample (prompts laid out by ``template``,
+    :mod:`tasks.prompting`), score them with ``scoring`` (default: the built-in correctness and format
+    rewards with ``prefilled_think``), and write ``eval.json`` + samples."""
     from tasks.prompting import render_prompt_ids
 
     if not samples:
         raise ValueError("evaluate: no samples to evaluate (empty eval split?)")
     started = time.time()
-    prompts = [render_prompt_ids(tokenizer, s, system_prompt) for s in samples]
+    prompts = [render_prompt_ids(tokenizer, s, system_prompt, template) for s in samples]
     generations = engine.generate(prompts, sampling, progress=progress)
     gen_seconds = time.time() - started
     scoring = scoring or EvalScoring(prefilled_think=prefilled_think)

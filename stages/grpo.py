@@ -19,6 +19,7 @@ from rollout.types import SamplingSpec
 from trainer.settings import GRPOSettings
 
 from .checkpoints import resume, save_step
+from .compute import grpo_step_tokens, rl_step_flops
 from .evaluate import evaluate, headline
 from .grpo_batch import build_batch, collect_rollouts
 from .grpo_knobs import GRPOLoop
@@ -44,12 +45,29 @@ class RLPlan:
     eval_ks: Sequence[int]
     grpo: GRPOSettings
     prefilled_think: bool = False
+    template: str = "chat"  # how the held-out prompts are laid out (tasks.prompting.TEMPLATES)
     eval_scoring: Any = None  # a stages.evaluate.EvalScoring (None: the built-in correctness + format)
     seed: int = 0
     stage: str = "reasoning_rl"
     out_dir: Path = Path("runs/rl")
     extra_manifest: dict = field(default_factory=dict)
     faults: Any = None  # a driver-side pipeline.faults.FaultInjector (tests of resume), or None
+    budget: "ComputeBudget | None" = None  # stop at a compute budget instead of at loop.steps
+
+
+@dataclass(frozen=True)
+class ComputeBudget:
+    """Train until the stage's FLOPs (:mod:`stages.compute`, counted from each step's metrics line) reach
+    ``flops``: the loop ends after the first step that brings them there. ``loop.steps`` is then the
+    expected count (the schedule's horizon, the progress bar); ``max_steps`` a cap (None: none)."""
+
+    flops: float
+    params: int  # the policy's N
+    reference_params: int | None = None  # the reference's N (default: the policy's)
+    max_steps: int | None = None
+
+
+_WARNED_NO_LOGPROBS: set[int] = set()  # the stages' actor sets that have said it
 
 
 def rl_step(actors, stream: PromptStream, plan: RLPlan, step: int) -> dict[str, float]:
@@ -77,18 +95,24 @@ def rl_step(actors, stream: PromptStream, plan: RLPlan, step: int) -> dict[str, 
     # The weights travel trainer -> object store -> every rollout engine, never through this driver.
     sync_load = actors.sync_weights()
     t4 = time.perf_counter()
-    if train.get("rows_without_rollout_logprobs"):
-        log.warning("step %d: %d rows came back without rollout logprobs (TIS weight 1, no mismatch metric)",
+    if train.get("rows_without_rollout_logprobs") and id(actors) not in _WARNED_NO_LOGPROBS:
+        # Once per stage: an engine that never returns logprobs would otherwise repeat it every step (the
+        # count stays in the step metrics, train/rows_without_rollout_logprobs).
+        _WARNED_NO_LOGPROBS.add(id(actors))
+        log.warning("step %d: %d rows came back without rollout logprobs (TIS weight 1, no mismatch metric; "
+                    "train/rows_without_rollout_logprobs counts them every step)",
                     step, int(train["rows_without_rollout_logprobs"]))
     seconds = {"generate": stats.pop("time/generate"), "reward": stats.pop("time/reward"), "prepare": t1 - t0,
                "reference": t2 - t1, "train": t3 - t2, "sync": t4 - t3, "sync_load": sync_load, "step": t4 - started}
+    stats.update(grpo_step_tokens(batch, g, has_reference=ref_lp is not None))  # the step's compute (stages.compute)
     return step_metrics(scores, batch, stats, train, seconds, stream.epoch)
 
 
 def held_out_eval(actors, plan: RLPlan, step: int) -> dict[str, float]:
     """Held-out pass@k / format rate of the rollout engine's current weights, written under eval/."""
     metrics = evaluate(actors.engine, plan.tokenizer, plan.test, system_prompt=plan.system_prompt,
-                       sampling=plan.eval_sampling, ks=plan.eval_ks, prefilled_think=plan.prefilled_think,
+                       template=plan.template, sampling=plan.eval_sampling, ks=plan.eval_ks,
+                       prefilled_think=plan.prefilled_think,
                        out_dir=plan.out_dir / "eval" / f"step_{step:05d}", progress=False, scoring=plan.eval_scoring)
     return headline(metrics, prefix="eval/")
 
@@ -115,6 +139,21 @@ def _restart_trainer(actors, plan: RLPlan, logger, stream: PromptStream, error: 
     return start
 
 
+def _flops_logged(logger, plan: RLPlan, upto: int) -> float:
+    """The budgeted FLOPs of the steps 1..``upto`` already logged (a resumed run counts what it did before)."""
+    b = plan.budget
+    return sum(rl_step_flops(r, b.params, b.reference_params) for r in logger.rows() if 0 < r.get("step", 0) <= upto)
+
+
+def is_last_step(plan: RLPlan, step: int, spent: float) -> bool:
+    """Whether ``step`` ends the loop: ``loop.steps`` reached, or with a :class:`ComputeBudget` the stage's
+    FLOPs ``spent`` so far at the budget (or the budget's ``max_steps`` reached)."""
+    b = plan.budget
+    if b is None:
+        return step >= plan.loop.steps
+    return spent >= b.flops or (b.max_steps is not None and step >= b.max_steps)
+
+
 def grpo_loop(actors, plan: RLPlan, logger, *, on_step: Callable[[int, dict], None] | None = None) -> dict:
     """Run (or resume, from the newest checkpoint in ``plan.out_dir``) the GRPO loop; returns the manifest.
 
@@ -138,14 +177,19 @@ def grpo_loop(actors, plan: RLPlan, logger, *, on_step: Callable[[int, dict], No
     knobs = plan.loop
     bar = tqdm(total=knobs.steps, initial=start, desc=plan.stage.replace("_", " "), unit="step")
     last_eval, checkpoint_seconds = None, 0.0
-    step = start + 1
-    while step <= knobs.steps:
+    spent = _flops_logged(logger, plan, start) if plan.budget else 0.0
+    step, done = start + 1, start > 0 and is_last_step(plan, start, spent)
+    while not done:
         if plan.faults:
             plan.faults.check("step", count=step)  # fault injection: the driver itself dies or hangs here
         try:
             metrics = rl_step(actors, stream, plan, step)
+            if plan.budget:
+                spent += rl_step_flops(metrics, plan.budget.params, plan.budget.reference_params)
+                metrics["compute/flops_cumulative"] = spent
+            last = is_last_step(plan, step, spent)
             t0 = time.perf_counter()
-            if knobs.eval_every and step % knobs.eval_every == 0 or (step == knobs.steps and knobs.eval_at_ends):
+            if knobs.eval_every and step % knobs.eval_every == 0 or (last and knobs.eval_at_ends):
                 last_eval = held_out_eval(actors, plan, step)
                 metrics.update(last_eval)
             # The previous step's checkpoint save: the line is written before this step's save, so a kill in
@@ -155,26 +199,32 @@ def grpo_loop(actors, plan: RLPlan, logger, *, on_step: Callable[[int, dict], No
                 on_step(step, metrics)
             logger.log(step, metrics)
             t1 = time.perf_counter()
-            if step % knobs.save_every == 0 or step == knobs.steps:
+            if step % knobs.save_every == 0 or last:
                 save_step(actors.trainer, plan.out_dir, step, {"data_position": stream.position},
                           knobs.keep_checkpoints, timeout_s=actors.timeout_s)
             checkpoint_seconds = time.perf_counter() - t1
         except (RayActorError, TrainerDied) as exc:  # the other roles are replaced in their calls: only the
             # trainer's end is here
             step = _restart_trainer(actors, plan, logger, stream, exc) + 1
+            spent = _flops_logged(logger, plan, step - 1) if plan.budget else 0.0
+            done = step > 1 and is_last_step(plan, step - 1, spent)  # the checkpoint was the last step's
             bar.n = step - 1
             bar.refresh()
             continue
         except BaseException:  # e.g. a RewardFailure: the bar's line ends before the one error line the CLI prints
             bar.close()
             raise
+        done = last
         step += 1
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics.get('accuracy', float('nan')):.2f}",
                         fmt=f"{metrics.get('format_rate', float('nan')):.2f}", s=f"{metrics['time/step']:.0f}")
     bar.close()
     model_dir = actors.call_trainer("save_pretrained", str(plan.out_dir / "model"))
-    summary = {"stage": plan.stage, "steps": knobs.steps, "model": model_dir, "final_eval": last_eval,
+    summary = {"stage": plan.stage, "steps": step - 1, "model": model_dir, "final_eval": last_eval,
                "complete": True, **plan.extra_manifest}
+    if plan.budget:
+        summary["budget"] = {"flops": plan.budget.flops, "spent": spent, "reached": spent >= plan.budget.flops,
+                             "expected_steps": knobs.steps, "max_steps": plan.budget.max_steps}
     write_manifest(plan.out_dir, summary)
     return summary

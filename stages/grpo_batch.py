@@ -57,6 +57,7 @@ def collect_rollouts(actors, stream: PromptStream, plan, step: int) -> tuple[lis
         timings["generate"] += t1 - t0
         timings["reward"] += time.perf_counter() - t1
         stats["generated_tokens"] += sum(len(c.token_ids) for g in gens for c in g.completions)
+        stats["compute/prompt_tokens"] += sum(len(s["prompt_ids"]) for s in samples)  # prefill: once per group
         stats["generated_groups"] += len(gens)
         for i, (sample, gen) in enumerate(zip(samples, gens)):
             group_scores = scores[i * plan.loop.group_size:(i + 1) * plan.loop.group_size]
@@ -80,11 +81,13 @@ def collect_rollouts(actors, stream: PromptStream, plan, step: int) -> tuple[lis
 def build_batch(generations: Sequence[Generation], scores: Sequence[tuple[float, dict]], plan) -> RolloutBatch:
     """The trainer's hand-over: ids, rollout logprobs, rewards, group-normalised advantages, loss mask."""
     prompt_ids, response_ids, logprobs, truncated, routing = [], [], [], [], []
+    routing_counts = Counter()  # R3: the engines' counts of unknown / missing rows, over the batch
     for gen in generations:
         for comp in gen.completions:
             prompt_ids.append(gen.prompt_ids)
             response_ids.append(comp.token_ids)
             routing.append(comp.routed_experts)  # R3: [prompt + response - 1, moe_layers, k], or None
+            routing_counts.update(comp.routing_counts or {})
             # None, never zeros: a zero would pass for probability 1 and bias the TIS weights.
             logprobs.append(comp.logprobs)
             truncated.append(comp.truncated)
@@ -95,4 +98,5 @@ def build_batch(generations: Sequence[Generation], scores: Sequence[tuple[float,
                         rollout_logprobs=None if all(lp is None for lp in logprobs) else logprobs,
                         truncated=truncated, rewards=rewards,
                         advantages=adv.tolist(), loss_mask=loss_mask,
-                        routed_experts=None if all(r is None for r in routing) else routing)
+                        routed_experts=None if all(r is None for r in routing) else routing,
+                        routing_counts=dict(routing_counts))

@@ -62,6 +62,11 @@ def on_policy_loop(rollout, trainer, plan: OnPolicyPlan, logger) -> dict:
                                                       micro_batch_size=plan.micro_batch_size))
         last["sync_seconds"] = engines.update_weights(trainer.inference_state_dict.remote())
         last["response_length"] = sum(len(r[1]) for r in rows) / max(len(rows), 1)
+        # Token counts for the compute accounting (stages.compute): sampled, then scored by the teacher and
+        # trained (prompt and response of every row).
+        last["compute/prompt_tokens"] = sum(len(p) for p in prompts)
+        last["generated_tokens"] = sum(len(c.token_ids) for g in generations for c in g.completions)
+        last["tokens_processed"] = sum(len(r[0]) + len(r[1]) for r in rows)
         last["truncated_fraction"] = sum(r[2] for r in rows) / max(len(rows), 1)
         close_step(trainer, plan, logger, bar, step, last, "reverse_kl")
     bar.close()

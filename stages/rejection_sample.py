@@ -23,17 +23,22 @@ from .rejection_filters import FilterSettings, acceptance_stats, mix_non_reasoni
 
 def sample_candidates(engine, tokenizer, samples: Sequence[Mapping], *, system_prompt: str | None,
                       sampling: SamplingSpec, prefilled_think: bool = False, progress: bool = True,
-                      scoring: EvalScoring | None = None) -> list[dict]:
-    """Every completion of every prompt as ``{"sample", "completion", "correct", "reason", "truncated"}``;
-    "correct" by ``scoring``'s correctness reward (default: the built-in one, R1 ``<answer>`` tags)."""
-    prompts = [render_prompt_ids(tokenizer, s, system_prompt) for s in samples]
+                      scoring: EvalScoring | None = None, template: str = "chat") -> list[dict]:
+    """Every completion of every prompt (laid out by ``template``, :mod:`tasks.prompting`) as ``{"sample",
+    "completion", "correct", "reason", "truncated"}``; "correct" by ``scoring``'s correctness reward
+    (default: the built-in one, R1 ``<answer>`` tags). The kept ones become template-neutral chat examples
+    (:func:`to_chat_example`): the SFT that trains on them applies the template again."""
+    prompts = [render_prompt_ids(tokenizer, s, system_prompt, template) for s in samples]
     generations = engine.generate(prompts, sampling, progress=progress)
     scoring = scoring or EvalScoring(prefilled_think=prefilled_think)
     candidates = []
-    for sample, gen, verdicts in zip(samples, generations, score_generations(samples, generations, scoring)):
-        for comp, ok, reason in zip(gen.completions, verdicts.correct, verdicts.reasons):
+    for sample, gen, prompt, verdicts in zip(samples, generations, prompts,
+                                             score_generations(samples, generations, scoring)):
+        for j, (comp, ok, reason) in enumerate(zip(gen.completions, verdicts.correct, verdicts.reasons)):
+            # Token counts for the compute accounting (stages.compute): the prompt's prefill once per prompt.
             candidates.append({"sample": sample, "completion": comp.text, "correct": ok, "reason": reason,
-                               "truncated": comp.truncated})
+                               "truncated": comp.truncated, "completion_tokens": len(comp.token_ids),
+                               "prompt_tokens": len(prompt) if j == 0 else 0})
     return candidates
 
 
@@ -65,7 +70,9 @@ def build_dataset(candidates: Sequence[dict], non_reasoning: Sequence[dict], set
     stats = {"acceptance": acceptance_stats(candidates, kept), "rejection_reasons": dict(reasons),
              "candidates": len(candidates), "kept_reasoning": len(reasoning_rows),
              "non_reasoning": len(rows) - len(reasoning_rows), "rows": len(rows),
-             "verifier_reasons": dict(Counter(c["reason"] for c in candidates if not c["correct"]))}
+             "verifier_reasons": dict(Counter(c["reason"] for c in candidates if not c["correct"])),
+             "tokens": {"prompt_tokens": sum(c.get("prompt_tokens", 0) for c in candidates),
+                        "generated_tokens": sum(c.get("completion_tokens", 0) for c in candidates)}}
     return rows, stats
 
 

@@ -36,15 +36,18 @@ class SFTPlan:
         return max(1, math.ceil(len(self.pairs) * self.epochs / self.batch_size))
 
 
-def tokenize_examples(tokenizer, examples: Sequence[dict], max_length: int) -> tuple[list, dict]:
-    """Chat examples -> (prompt, target) id pairs; examples that are malformed or too long are counted, not fatal."""
-    from tasks.prompting import render_sft_pair
+def tokenize_examples(tokenizer, examples: Sequence[dict], max_length: int, template: str = "chat"
+                      ) -> tuple[list, dict]:
+    """Chat examples -> (prompt, target) id pairs, prompts laid out by ``template`` (:mod:`tasks.prompting`,
+    as generation lays them out); examples that are malformed or too long are counted, not fatal."""
+    from tasks.prompting import check_template, render_sft_pair
 
+    check_template(template)  # a bad name is the caller's error, not every example's
     pairs, skipped = [], {"too_long": 0, "malformed": 0}
     for i, ex in enumerate(examples):
         messages = ex.get("messages") if isinstance(ex, dict) else None
         try:
-            prompt, target = render_sft_pair(tokenizer, messages or [])
+            prompt, target = render_sft_pair(tokenizer, messages or [], template)
         except (ValueError, KeyError, TypeError) as exc:
             skipped["malformed"] += 1
             log.warning("SFT example %s skipped: %s", ex.get("id", i) if isinstance(ex, dict) else i, exc)
@@ -95,7 +98,8 @@ def sft_loop(trainer, plan: SFTPlan, logger) -> dict:
         if plan.pack_tokens:
             options["pack_tokens"] = plan.pack_tokens
         last = ray.get(getattr(trainer, plan.step_method).remote(prompts, targets, **options))
-        last["tokens_per_second"] = sum(len(p) + len(t) for p, t in zip(prompts, targets)) / last["train_seconds"]
+        last["tokens_processed"] = sum(len(p) + len(t) for p, t in zip(prompts, targets))  # stages.compute
+        last["tokens_per_second"] = last["tokens_processed"] / last["train_seconds"]
         close_step(trainer, plan, logger, bar, step, last, "loss")
     bar.close()
     model_dir = ray.get(trainer.save_pretrained.remote(str(plan.out_dir / "model")))

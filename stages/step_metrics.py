@@ -38,8 +38,16 @@ def reward_metrics(scores: Sequence[tuple[float, dict]], batch: RolloutBatch) ->
     lengths = [len(r) for r in batch.response_ids]
     out.update({"response_length/mean": statistics.fmean(lengths), "response_length/max": max(lengths),
                 "truncated_fraction": sum(batch.truncated) / len(batch),
-                "advantage/zero_fraction": sum(abs(a) < 1e-8 for a in batch.advantages) / len(batch)})
+                "advantage/zero_fraction": sum(abs(a) < 1e-8 for a in batch.advantages) / len(batch),
+                "groups/zero_variance_fraction": zero_variance_fraction(totals, batch.group_size)})
     return out
+
+
+def zero_variance_fraction(totals: Sequence[float], group_size: int) -> float:
+    """The share of groups (``group_size`` consecutive rewards) whose rewards are all equal: GRPO learns
+    nothing from them (every advantage 0)."""
+    groups = [totals[i:i + group_size] for i in range(0, len(totals), group_size)]
+    return sum(max(g) == min(g) for g in groups) / max(1, len(groups))
 
 
 def engine_metrics(per_engine: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -62,6 +70,20 @@ def engine_metrics(per_engine: Sequence[Mapping[str, float]]) -> dict[str, float
             "rollout/engine_seconds_max": max(float(e.get("seconds", 0.0)) for e in per_engine)}
 
 
+# R3 figures of the trainer (trainer.routing_replay.routing_metrics), logged as r3/<name>.
+ROUTING_FIGURES = ("router_mismatch_own", "token_mismatch_own", "replay_plumbing_mismatch", "routing_coverage")
+
+
+def routing_metrics(train: Mapping[str, float], batch: RolloutBatch) -> dict[str, float]:
+    """R3 (MoE models with routing capture): ``r3/router_mismatch_own`` and ``r3/token_mismatch_own`` (the
+    training router's own top-k against the rollout's, with or without replay), ``r3/replay_plumbing_mismatch``
+    (replay on: must be 0), ``r3/routing_coverage``, and the engines' counts ``r3/engine_rows_unknown``,
+    ``r3/engine_rows_missing``, ``r3/engine_noncontiguous`` summed over the batch."""
+    out = {f"r3/{k}": train[k] for k in ROUTING_FIGURES if k in train}
+    out.update({f"r3/engine_{k}": float(v) for k, v in batch.routing_counts.items()})
+    return out
+
+
 def step_metrics(scores: Sequence[tuple[float, dict]], batch: RolloutBatch, rollout_stats: Mapping[str, float],
                  train: Mapping[str, float], seconds: Mapping[str, float], data_epoch: float) -> dict[str, float]:
     """The whole line of one step: :func:`reward_metrics`, the rollout counters, the trainer's figures
@@ -75,9 +97,7 @@ def step_metrics(scores: Sequence[tuple[float, dict]], batch: RolloutBatch, roll
     for k in ("abs_diff", "k3", "frac_over_ln2"):
         if f"mismatch_{k}" in train:
             metrics[f"rollout_train_mismatch/{k}"] = train[f"mismatch_{k}"]
-    for k in ("router_mismatch", "router_mismatch_unreplayed", "token_mismatch", "routers_replayed_fraction"):
-        if k in train:  # R3 (MoE models with routing capture): routers / tokens whose experts differ
-            metrics[f"r3/{k}"] = train[k]
+    metrics.update(routing_metrics(train, batch))
     metrics.update({f"time/{k}": v for k, v in seconds.items()})
     step_s, gen_s, train_s = seconds["step"], seconds["generate"], seconds["train"]
     metrics.update({

@@ -11,7 +11,7 @@ from stages.grpo_batch import build_batch
 from stages.grpo_knobs import GRPOLoop
 from trainer import losses
 from trainer.policy import PolicyTrainer
-from trainer.settings import GRPOSettings, OptimSettings, TrainerSettings
+from trainer.settings import GRPOSettings, LoraSettings, OptimSettings, TrainerSettings
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11]]
 RESPONSES = [[20, 21, 22], [24, 25, 26, 27, 28], [23], [20, 21]]
@@ -42,9 +42,13 @@ def test_seq_mean_token_sum_norm_divides_by_the_horizon_not_the_batch_width():
     assert float(narrow) == float(wide) == pytest.approx(6.0 / 16)
 
 
-def test_dr_grpo_update_does_not_depend_on_the_longest_response_of_the_step(tiny_model_dir):
+@pytest.mark.parametrize("micro_batch_size, skip", [(2, True), (4, False)], ids=["apart", "same-micro-batch"])
+def test_dr_grpo_update_does_not_depend_on_the_longest_response_of_the_step(tiny_model_dir, micro_batch_size,
+                                                                             skip):
     # The same first group, trained beside a second group whose responses are short or long: under
-    # Dr.GRPO, the first group's gradient must not change with its neighbour's length.
+    # Dr.GRPO, the first group's gradient must not change with its neighbour's length. "same-micro-batch"
+    # trains the second group's (zero-advantage) rows in the first group's micro-batch, padded to its
+    # longest response: a divisor taken from the padded width instead of the horizon shows there.
     grads = []
     for tail in ([23], [23] * 12):
         trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32"))
@@ -60,8 +64,10 @@ def test_dr_grpo_update_does_not_depend_on_the_longest_response_of_the_step(tiny
             return step()
 
         trainer._optimizer_step = keep_grads
-        trainer.train_grpo(batch, GRPOSettings(loss_agg="seq-mean-token-sum-norm", horizon=32, tis_cap=None,
-                                               micro_batch_size=2))
+        metrics = trainer.train_grpo(batch, GRPOSettings(
+            loss_agg="seq-mean-token-sum-norm", horizon=32, tis_cap=None, micro_batch_size=micro_batch_size,
+            skip_zero_advantage=skip))
+        assert metrics["rows_trained"] == (2 if skip else 4)
         grads.append(captured)
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
@@ -94,24 +100,51 @@ def _inputs(seed=0, b=4, t=6):
     return logp, old, mask, torch.randn(b, generator=g), -torch.rand(b, t, generator=g) * 2
 
 
+def _reference_objective(logp, old, adv, mask, ref, entropy, agg, horizon, clip_low=0.2, clip_high=0.28,
+                         kl_coef=0.1, entropy_coef=0.01):
+    """The objective written out in python floats: surrogate + kl_coef * k3 - entropy_coef * entropy per token,
+    each aggregated by ``agg`` (independent of trainer.losses' helpers)."""
+    total, rows = 0.0, []
+    for b in range(len(logp)):
+        toks = [t for t in range(len(logp[b])) if mask[b][t]]
+        row = 0.0
+        for t in toks:
+            ratio = math.exp(logp[b][t] - old[b][t])
+            surrogate = max(-adv[b] * ratio, -adv[b] * min(max(ratio, 1 - clip_low), 1 + clip_high))
+            delta = logp[b][t] - ref[b][t]
+            row += surrogate + kl_coef * (math.exp(-delta) + delta - 1) - entropy_coef * entropy[b][t]
+        rows.append((row, len(toks)))
+        total += row
+    if agg == "token-mean":
+        return total / sum(n for _, n in rows)
+    if agg == "seq-mean-token-mean":
+        return sum(r / n for r, n in rows if n) / sum(1 for _, n in rows if n)
+    return total / horizon / len(rows)
+
+
 @pytest.mark.parametrize("agg", losses.LOSS_AGGS)
 def test_grpo_objective_is_the_sum_of_its_terms_and_splits_into_micro_batch_shares(agg):
     logp, old, mask, adv, ref = _inputs()
+    assert adv[2] > 0 > adv[1] and mask[2, 5] == 1
+    # Ratios 1.25 and 1.5 on the positive row (inside and beyond clip-high 0.28), 0.6 on a negative one.
+    for (b, t), ratio in {(2, 0): 1.25, (2, 5): 1.5, (1, 0): 0.6}.items():
+        old[b, t] = logp[b, t] - math.log(ratio)
+    ref[0, :2] = logp[0, :2] + torch.tensor([0.9, -0.9])  # k3 far from its quadratic regime
     entropy = torch.rand_like(logp)
     kw = dict(clip_low=0.2, clip_high=0.28, agg=agg, horizon=10, ref_logp=ref, kl_coef=0.1, entropy=entropy,
               entropy_coef=0.01)
     loss, sums = losses.grpo_objective(logp, old, adv, mask, **kw)
-    pg = losses.aggregate(losses._surrogate(logp, old, adv, mask, 0.2, 0.28, "token")[0], mask, agg, horizon=10)
-    kl = losses.aggregate(losses.kl_penalty(logp, ref, "k3"), mask, agg, horizon=10)
-    ent = losses.aggregate(entropy, mask, agg, horizon=10)
-    assert float(loss) == pytest.approx(float(pg + 0.1 * kl - 0.01 * ent), rel=1e-6)
+    want = _reference_objective(logp.tolist(), old.tolist(), adv.tolist(), mask.tolist(), ref.tolist(),
+                                entropy.tolist(), agg, 10)
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    assert float(sums["pg_loss"] + 0.1 * sums["kl"] - 0.01 * sums["entropy"]) == pytest.approx(want, rel=1e-5)
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in sums.values())
     # Two halves with the whole batch's denominator add up to the whole (gradient accumulation).
     denominator = losses.aggregate_count(mask, agg)
     halves = [losses.grpo_objective(logp[s], old[s], adv[s], mask[s], denominator=denominator,
                                     **{**kw, "ref_logp": ref[s], "entropy": entropy[s]})[0]
               for s in (slice(0, 1), slice(1, 4))]
-    assert float(sum(halves)) == pytest.approx(float(loss), rel=1e-6)
+    assert float(sum(halves)) == pytest.approx(want, rel=1e-5)
 
 
 def test_tis_weights_are_one_on_rows_without_rollout_logprobs():
@@ -160,13 +193,16 @@ def test_a_fully_masked_batch_steps_like_a_fully_skipped_one(tiny_model_dir):
                            advantages=[0.0] * 4, truncated=[False] * 4)
     masked = RolloutBatch(prompt_ids=signal.prompt_ids, response_ids=RESPONSES, group_size=2, rewards=[1, 0, 1, 0],
                           advantages=[1.0, -1.0, 1.0, -1.0], truncated=[False] * 4, loss_mask=[False] * 4)
+    # Two paths to the same zero-gradient step: the zero-advantage rows run forward/backward (skip off) and
+    # their backward gives every parameter an exact zero gradient; the masked rows never run, and the
+    # parameters get their zero gradient from the optimizer step's fill.
     states, schedules = [], []
-    for second in (skipped, masked):
+    for second, rows_trained in ((skipped, 4), (masked, 0)):
         trainer = _momentum_trainer(tiny_model_dir)
         trainer.train_grpo(signal, settings)
         middle = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-        metrics = trainer.train_grpo(second, settings)
-        assert metrics["rows_trained"] == 0 and metrics["optimizer_steps"] == 4
+        metrics = trainer.train_grpo(second, settings.model_copy(update={"skip_zero_advantage": False}))
+        assert metrics["rows_trained"] == rows_trained and metrics["optimizer_steps"] == 4
         assert any(not torch.equal(middle[k], v) for k, v in trainer.model.state_dict().items())  # momentum moved
         states.append(trainer.model.state_dict())
         schedules.append((trainer.scheduler.last_epoch, trainer.scheduler.get_last_lr()))
@@ -208,3 +244,79 @@ def test_adam_betas_and_eps_come_from_the_config(tiny_model_dir):
         load_config(None, ["trainer.optim.betas=[0.9]"])
     assert math.isclose(load_config(None).trainer.optim.eps, 1e-8)
 
+
+
+# ---- rollout logprobs missing from every row (issue 13, defect 5) ------------------------------------------
+
+@pytest.mark.parametrize("shape", ["batch-none", "row-none"])
+def test_a_batch_without_any_rollout_logprobs_counts_its_rows_and_says_tis_is_off(tiny_model_dir, caplog, shape):
+    # build_batch sends None for the whole batch when no engine returned logprobs; a hand-made batch may
+    # carry None per row. Both count every kept row, and tis_cap set with nothing to weigh is said, once.
+    trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32"))
+    batch = RolloutBatch(prompt_ids=[PROMPTS[0]] * 2 + [PROMPTS[1]] * 2, response_ids=RESPONSES, group_size=2,
+                         rewards=[1, 0, 1, 0], advantages=[1.0, -1.0, 1.0, -1.0], truncated=[False] * 4,
+                         loss_mask=[True, True, True, False],
+                         rollout_logprobs=None if shape == "batch-none" else [None] * 4)
+    with caplog.at_level("WARNING", logger="r1.trainer"):
+        for _ in range(2):
+            metrics = trainer.train_grpo(batch, GRPOSettings(tis_cap=2.0))
+            assert metrics["rows_without_rollout_logprobs"] == 3.0  # the kept rows (one is masked out)
+            assert "mismatch_abs_diff" not in metrics
+    warnings = [r for r in caplog.records if "tis_cap=2.0" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="r1.trainer"):  # TIS off by choice: counted, nothing to say
+        metrics = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32")).train_grpo(
+            batch, GRPOSettings(tis_cap=None))
+    assert metrics["rows_without_rollout_logprobs"] == 3.0 and not caplog.records
+
+
+# ---- every trainable parameter takes the optimizer step (defect 6) ------------------------------------------
+
+def test_a_parameter_no_forward_touched_still_takes_the_adamw_step(tiny_model_dir):
+    # An MoE expert no token was routed to (here: a parameter the forward never reads) has no gradient after
+    # the backward. AdamW skips a parameter whose grad is None: no weight decay, no moment decay. Every
+    # trainable parameter must take the same step, that of a zero gradient.
+    trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32",
+                                                            optim=OptimSettings(lr=0.1, weight_decay=0.5)))
+    unused = torch.nn.Parameter(torch.ones(3))
+    trainer.model.register_parameter("unrouted_expert", unused)
+    trainer._build_optimizer()
+    batch = RolloutBatch(prompt_ids=[PROMPTS[0]] * 2, response_ids=RESPONSES[:2], group_size=2, rewards=[1, 0],
+                         advantages=[1.0, -1.0], truncated=[False] * 2)
+    assert trainer.train_grpo(batch, GRPOSettings(tis_cap=None))["rows_trained"] == 2
+    assert torch.allclose(unused.detach(), torch.full((3,), 1.0 - 0.1 * 0.5))  # decayed by lr * weight_decay
+    state = trainer.optimizer.state[unused]
+    assert int(state["step"]) == 1 and torch.equal(state["exp_avg"], torch.zeros(3))
+
+
+# ---- the old-logprob pass is the first update's forward (defect 7) -----------------------------------------
+
+@pytest.mark.parametrize("case", ["lora-dropout", "bf16"])
+def test_the_first_mini_batch_of_several_updates_has_ratio_one(tiny_model_dir, case):
+    # The first mini-batch is trained at the weights the old logprobs were taken at: its ratio must be 1 on
+    # every token. It was not when the old pass ran in eval mode (LoRA dropout on in the update only) or
+    # with other rows per micro-batch than the update (other padding: other bf16 rounding).
+    lora = LoraSettings(rank=4, alpha=8, dropout=0.5) if case == "lora-dropout" else None
+    trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="bf16" if case == "bf16" else "fp32",
+                                                            lora=lora, optim=OptimSettings(lr=1e-2)))
+    if lora:
+        trainer.train_sft(PROMPTS, RESPONSES[:2])  # LoRA's B starts at 0, where dropout changes nothing
+    batch = RolloutBatch(prompt_ids=[PROMPTS[0]] * 3 + [PROMPTS[1]] * 3,
+                         response_ids=[RESPONSES[1], RESPONSES[0], [30, 31], RESPONSES[3], RESPONSES[1], [23]],
+                         group_size=3, rewards=[1, 0, 0, 1, 0, 0], advantages=[1.0, -0.5, -0.5, 1.0, -0.5, -0.5],
+                         truncated=[False] * 6)
+    firsts = []
+    minibatch = trainer._grpo_minibatch
+
+    def record(*args, **kwargs):
+        sums = minibatch(*args, **kwargs)
+        firsts.append({k: float(v) for k, v in sums.items()})
+        return sums
+
+    trainer._grpo_minibatch = record
+    trainer.train_grpo(batch, GRPOSettings(mini_batches=2, epochs=2, micro_batch_size=4, tis_cap=None))
+    first = firsts[0]
+    assert first["clip_fraction"] == 0.0
+    assert first["ratio_mean"] / first["tokens"] == pytest.approx(1.0, abs=1e-6)
+    assert first["approx_kl"] == pytest.approx(0.0, abs=1e-7)

@@ -7,11 +7,11 @@ from pipeline.cluster import rl_trainer_settings, trainer_settings
 
 
 def test_rl_defaults_and_overrides_reach_the_trainer_settings():
-    cfg = load_config("configs/grpo_demo.yaml", ["rl.loss_agg=seq-mean-token-sum-norm", "rl.ratio_level=sequence",
+    cfg = load_config("configs/grpo_demo.yaml", ["rl.loss_agg=seq-mean-token-mean", "rl.ratio_level=sequence",
                                                  "rl.kl_coef=0.01", "trainer.lora.enabled=true",
                                                  "trainer.optim.schedule=cosine", "rl.tis_cap=null"])
     g = grpo_settings(cfg)
-    assert (g.loss_agg, g.ratio_level, g.kl_coef, g.tis_cap) == ("seq-mean-token-sum-norm", "sequence", 0.01, None)
+    assert (g.loss_agg, g.ratio_level, g.kl_coef, g.tis_cap) == ("seq-mean-token-mean", "sequence", 0.01, None)
     assert g.temperature == cfg.rl.sampling.temperature and g.micro_batch_size == cfg.trainer.micro_batch_size
     t = trainer_settings(cfg, total_optimizer_steps=40)
     assert t.lora is not None and t.lora.rank == 16 and t.optim.total_steps == 40 and t.precision == "bf16"

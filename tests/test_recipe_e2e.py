@@ -27,7 +27,7 @@ TINY = [
     "reward_model.pairs=16", "reward_model.eval_pairs=8",
     "general_rl.steps=2", "general_rl.prompts_per_step=2", "general_rl.group_size=4",
     "distill.student_layers=8", "distill.prompts=12", "distill.n_samples=2", "distill.epochs=1",
-    "distill.rl_only_steps=1", "distill.kl_weight=0.5", "distill.on_policy.steps=1",
+    "distill.rl_only_max_steps=2", "distill.kl_weight=0.5", "distill.on_policy.steps=1",
     "distill.on_policy.prompts_per_step=2",
 ]
 
@@ -97,6 +97,15 @@ def test_whole_recipe_kill_resume_skip_and_report(tmp_path, smollm2_dir):
     assert distill["model"].endswith("on_policy/model")
     _check_logit_kl(read_metrics(run_dir / "distill" / "metrics.jsonl"), distill)
     assert [r["step"] for r in read_metrics(run_dir / "distill" / "on_policy" / "metrics.jsonl")] == [1]
+    # The RL-only student trained towards the distillation's compute (quickstart: match_distill; capped at 2
+    # steps here), both recorded side by side; the distill stage is its input.
+    student_rl = json.loads((run_dir / "student_rl" / "manifest.json").read_text())
+    assert student_rl["distill_compute"] == distill["compute"] and distill["compute"]["flops"] > 0
+    assert 1 <= student_rl["steps"] <= 2 and student_rl["compute"]["steps"] == student_rl["steps"]
+    assert student_rl["budget"]["reached"] == (student_rl["compute"]["flops"] >= distill["compute"]["flops"])
+    assert student_rl["inputs"]["distill"] == distill["fingerprint"]
+    assert {p for p in distill["compute"]["parts"]} >= {"teacher_sampling", "curated_sampling", "sft",
+                                                         "teacher_scoring", "on_policy_train"}
     # One engine served consecutive stages: weights were swapped in, not an engine started per stage.
     assert second.stderr.count("shared rollout engines: loaded") >= 4
 
@@ -104,6 +113,7 @@ def test_whole_recipe_kill_resume_skip_and_report(tmp_path, smollm2_dir):
     for stage in ("base", "cold_start", "reasoning_rl", "sft", "general_rl", "distill", "student_rl"):
         assert f"| {stage} |" in report, stage
     assert (run_dir / "report" / "eval_by_stage.png").is_file()
+    assert "## The distilled student vs the RL-only student" in report and "| FLOPs (stages.compute) |" in report
 
     # 3. A third run has nothing to do.
     started = time.time()

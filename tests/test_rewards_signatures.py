@@ -296,7 +296,7 @@ def test_step_metrics_average_a_reward_over_the_samples_it_applies_to():
     from stages.step_metrics import reward_metrics
 
     class Batch:
-        response_ids, truncated, advantages = [[1], [1, 2]], [False, False], [0.0, 1.0]
+        response_ids, truncated, advantages, group_size = [[1], [1, 2]], [False, False], [0.0, 1.0], 2
 
         def __len__(self):
             return 2

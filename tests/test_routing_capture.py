@@ -16,6 +16,7 @@ from rollout.routing_capture import (
     pad_rows,
     publish_blocks,
     routing_dtype,
+    sample_counts,
     sentinel_of,
     split_request_id,
 )
@@ -105,6 +106,15 @@ def test_pad_rows():
     assert rows.shape == (5, 3, 2) and filled == 0
 
 
+def test_sample_counts_name_unknown_and_missing_rows():
+    rows, missing = pad_rows(_rows(3), 5, 3, 2, np.uint8)
+    rows[0] = 255  # a store miss: a row returned, but unknown
+    rows[1, 0] = 255  # one layer's ids equal to the sentinel: not an unknown row
+    assert sample_counts(rows, missing, 1) == {"rows_unknown": 3, "rows_missing": 2, "noncontiguous": 1}
+    none, missing = pad_rows(None, 4, 3, 2, np.uint8)  # a GPU engine that returned no routed_experts
+    assert sample_counts(none, missing) == {"rows_unknown": 4, "rows_missing": 4, "noncontiguous": 0}
+
+
 def test_gpu_routed_experts_keep_moe_layers_and_dtype():
     # vLLM GPU: [prompt + gen - 1, num_hidden_layers, k], zero rows for the dense layers 0 and 2.
     routed = np.zeros((7, 5, 2), dtype=np.uint16)
@@ -177,11 +187,27 @@ def test_worker_step_bookkeeping_with_hits_misses_and_padding():
     _fake_step(ext, [("c", c + [1], 9, 1)], routing_of)  # a decode after the miss: not counted again
     stats = ext._r3_stats
     assert stats["rows_from_store"] == 8 and stats["rows_missing"] == 4 and stats["non_contiguous"] == 0
-    out = ext.r3_take()
+    taken = ext.r3_take()
     assert ext.r3_take() == {}
+    out = {req: rows for req, (rows, _) in taken.items()}
+    assert {req: counts for req, (_, counts) in taken.items()} == {
+        "a": {"rows_store_miss": 0, "noncontiguous": 0}, "b": {"rows_store_miss": 0, "noncontiguous": 0},
+        "c": {"rows_store_miss": 4, "noncontiguous": 0}}
     expect = lambda toks: routing_of(np.asarray(toks), np.arange(len(toks))).astype(np.uint8)  # noqa: E731
     assert np.array_equal(out["a"], expect(a)) and np.array_equal(out["b"], expect(b))
     assert (out["c"][:4] == 255).all() and np.array_equal(out["c"][4:], expect(c + [1])[4:])
+
+
+def test_a_step_that_does_not_continue_a_request_is_counted_for_it():
+    ext = _fake_worker()
+    d = list(range(300, 306))
+    routing_of = lambda tokens, positions: np.zeros((len(tokens), 2, 2), np.int64)  # noqa: E731
+    _fake_step(ext, [("d", d, 0, 4)], routing_of)
+    _fake_step(ext, [("d", d, 0, 6)], routing_of)  # recomputed from 0 (a preemption), not from row 4
+    _fake_step(ext, [("e", d, 0, 3)], routing_of)
+    assert ext._r3_stats["non_contiguous"] == 1
+    taken = ext.r3_take()
+    assert taken["d"][1]["noncontiguous"] == 1 and taken["e"][1]["noncontiguous"] == 0
 
 
 # ------------------------------------------------------------------------------- engines on a tiny MoE
@@ -204,7 +230,7 @@ def moe_engine(r3_moe_dir, ray_repo):
 class _EngineProxy:
     """The engine's methods and attributes, through the actor."""
 
-    METHODS = ("generate", "score", "update_weights", "routing_stats")
+    METHODS = ("generate", "score", "update_weights", "routing_stats", "set_routing_capture")
 
     def __init__(self, host):
         self._host = host
@@ -270,6 +296,7 @@ def test_captured_rows_match_transformers_topk(moe_engine, hf_moe, smollm2_token
             rows = c.routed_experts
             assert rows.shape == (len(ids) - 1, 3, 2) and rows.dtype == np.uint8
             assert (rows < 4).all()  # no sentinel: nothing unknown
+            assert c.routing_counts == {"rows_unknown": 0, "rows_missing": 0, "noncontiguous": 0}
             ref = reference_routing(hf_moe, ids)[:len(ids) - 1]
             scores.append(agreement(rows, ref))
             shifted.append(agreement(rows[1:], ref[:-1]))
@@ -301,6 +328,21 @@ def test_prefix_cache_hit_returns_the_same_routing(moe_engine, smollm2_tokenizer
     common = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
     assert common >= 2 * block
     assert np.array_equal(other.routed_experts[:common], first.routed_experts[:common])
+
+
+def test_toggling_capture_starts_from_an_empty_prefix_cache(moe_engine, smollm2_tokenizer):
+    """Capture switched off and on again empties the routing store; the prefix cache must go with it, or the
+    next request hits cached blocks whose rows are gone and hands over unknown rows."""
+    prompt = prompts_of(smollm2_tokenizer, 1, words=200)[0]  # > 2 KV blocks of 128 tokens
+    spec = SamplingSpec(n=1, temperature=0.0, max_new_tokens=4)
+    moe_engine.generate([prompt], spec)
+    for on in (False, True):
+        moe_engine.set_routing_capture(on)
+    before = moe_engine.routing_stats()
+    c = moe_engine.generate([prompt], spec)[0].completions[0]
+    after = moe_engine.routing_stats()
+    assert after["rows_missing"] == before["rows_missing"] and after["rows_from_store"] == before["rows_from_store"]
+    assert c.routing_counts == {"rows_unknown": 0, "rows_missing": 0, "noncontiguous": 0}
 
 
 def test_siblings_carry_their_prompts_routing(moe_engine, hf_moe, smollm2_tokenizer):

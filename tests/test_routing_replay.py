@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from trainer.routing_layout import Span, padded_spans, routing_tensor
-from trainer.routing_replay import RoutingReplay, mismatch_fractions, moe_blocks, replayed_weights
+from trainer.routing_replay import (RoutingReplay, check_coverage, moe_blocks, replayed_weights, routing_coverage,
+                                    routing_metrics)
 
 
 def _tiny(family: str):
@@ -85,11 +86,12 @@ def test_replaying_a_different_routing_changes_the_output_and_the_used_experts(f
     replay.clear()
     assert torch.allclose(same, plain, atol=1e-5)
     assert (shifted - plain).abs().max() > 1e-3
-    assert counts["routers_differ"] == 0 and counts["routers"] == 2 * 9 * len(replay.blocks)
-    # the experts really used are the replayed ones, not the router's own choice (every router of the first
-    # MoE layer differs from it; later layers see other hidden states, where a few may agree by chance)
-    assert shifted_counts["routers_differ"] == 0
-    assert shifted_counts["routers_differ_unreplayed"] >= counts["routers"] / 2 + 0.8 * counts["routers"] / 2
+    assert counts["routers"] == 2 * 9 * len(replay.blocks) and counts["routers_replayed"] == counts["routers"]
+    assert counts["routers_plumbing_differ"] == 0 and counts["routers_differ_own"] == 0
+    # the experts really used are the replayed ones (plumbing 0), and the router's own choice differs from them:
+    # every router of the first MoE layer; later layers see other hidden states, where a few may agree by chance
+    assert shifted_counts["routers_plumbing_differ"] == 0
+    assert shifted_counts["routers_differ_own"] >= counts["routers"] / 2 + 0.8 * counts["routers"] / 2
 
 
 def _own_routing(model, ids) -> torch.Tensor:
@@ -114,11 +116,12 @@ def test_comparing_without_replaying_measures_the_mismatch_and_changes_nothing()
     replay.enabled = False
     replay.set(flipped)
     out = model(input_ids=ids).logits
-    fractions = mismatch_fractions(replay.take_counts())
+    fractions = routing_metrics(replay.take_counts())
     replay.clear()
     assert torch.equal(out, plain)
-    assert fractions["router_mismatch"] == pytest.approx(1 / (3 * 7 * 2))
-    assert fractions["token_mismatch"] == pytest.approx(1 / (3 * 7))
+    assert fractions["router_mismatch_own"] == pytest.approx(1 / (3 * 7 * 2))
+    assert fractions["token_mismatch_own"] == pytest.approx(1 / (3 * 7))
+    assert "replay_plumbing_mismatch" not in fractions  # nothing replayed: no plumbing to check
 
 
 def test_unknown_rows_route_themselves_and_never_duplicate_experts():
@@ -211,19 +214,97 @@ def test_router_gets_gradients_under_replay_and_checkpointed_backward_replays_to
     assert torch.allclose(checkpointed, plain, atol=1e-6, rtol=1e-4)
 
 
-def test_grpo_update_replays_and_reports_router_mismatch(moe_policy):
+def _batch(routing):
     from rollout.types import RolloutBatch
 
+    return RolloutBatch(prompt_ids=PROMPTS, response_ids=RESPONSES, group_size=1, rewards=[1.0, 0.0, 1.0],
+                        advantages=[1.0, -1.0, 0.5], routed_experts=routing)
+
+
+def test_router_mismatch_own_sees_a_shifted_routing_that_the_plumbing_check_cannot(moe_policy):
+    """A rollout routing rotated by one expert (a misaligned capture): replay ON still feeds the experts exactly
+    what it was given (plumbing 0, by construction), but the training router's own top-k disagrees with it
+    almost everywhere, and that is the figure reported. The router's own routing, replayed, disagrees nowhere."""
+    own = _rows_routing(moe_policy, PROMPTS, RESPONSES)
     shifted = _rows_routing(moe_policy, PROMPTS, RESPONSES, shift=1)
-    batch = RolloutBatch(prompt_ids=PROMPTS, response_ids=RESPONSES, group_size=1, rewards=[1.0, 0.0, 1.0],
-                         advantages=[1.0, -1.0, 0.5], routed_experts=shifted)
     settings = dict(mini_batches=2, micro_batch_size=2, routing_replay=True)
-    with_r3 = moe_policy.train_grpo(batch, settings)
-    without = moe_policy.train_grpo(batch, {**settings, "routing_replay": False})
-    assert with_r3["router_mismatch"] == 0.0 and with_r3["routers_replayed_fraction"] == 1.0
-    assert with_r3["router_mismatch_unreplayed"] > 0.5
-    assert without["router_mismatch"] > 0.5 and without["routers_replayed_fraction"] == 0.0
-    assert without["token_mismatch"] >= without["router_mismatch"]
+    aligned = moe_policy.train_grpo(_batch(own), {**settings, "routing_replay": True})
+    with_r3 = moe_policy.train_grpo(_batch(shifted), settings)
+    without = moe_policy.train_grpo(_batch(shifted), {**settings, "routing_replay": False})
+    assert aligned["router_mismatch_own"] < 0.01 and aligned["replay_plumbing_mismatch"] == 0.0
+    assert with_r3["replay_plumbing_mismatch"] == 0.0 and with_r3["routing_coverage"] == 1.0
+    assert with_r3["router_mismatch_own"] > 0.8 and with_r3["token_mismatch_own"] > 0.8
+    assert without["router_mismatch_own"] > 0.8 and "replay_plumbing_mismatch" not in without
+    assert without["token_mismatch_own"] >= without["router_mismatch_own"]
+
+
+def test_routing_coverage_counts_known_pairs_over_the_scored_tokens_exactly():
+    s = 255
+    a = np.zeros((4, 2, 2), dtype=np.uint8)  # prompt 3 + response 2 - 1 = 4 tokens, 2 MoE layers: 8 pairs
+    a[1] = s  # token 1 unknown in both layers
+    a[2, 1] = s  # token 2 unknown in layer 1
+    a[3, 0] = [s, 1]  # one id equal to the sentinel is an id, not "unknown"
+    short = np.zeros((2, 2, 2), dtype=np.uint8)  # 4 tokens, 2 rows returned: the other 2 x 2 pairs unknown
+    signed = np.full((3, 2, 2), -1, dtype=np.int64)  # the trainer's own -1 marker
+    signed[0] = 0
+    got = routing_coverage([a, None, short, signed], [3, 2, 2, 2], [2, 1, 3, 2], moe_layers=2)
+    # known: 5 of 8, 0 of 4 (no routing), 4 of 8, 2 of 6
+    assert got == pytest.approx((5 + 0 + 4 + 2) / (8 + 4 + 8 + 6))
+    assert routing_coverage([np.zeros((6, 2, 2), np.uint8)], [3], [2], 2) == 1.0  # extra rows are not counted
+    assert routing_coverage([None], [1], [0], 2) is None
+    with pytest.raises(ValueError, match=r"expected \[tokens, 2, k\]"):
+        routing_coverage([np.zeros((4, 3, 2), np.uint8)], [3], [2], 2)
+    check_coverage(0.9, 0.9)  # at the minimum: accepted
+    with pytest.raises(ValueError, match="rows_missing 7"):
+        check_coverage(0.5, 0.9, {"rows_missing": 7})
+
+
+def test_replay_with_no_known_routing_stops_before_the_update_in_one_line(moe_policy):
+    """What an engine that returned no routed_experts hands over: every row the sentinel. Replay ON must refuse
+    the step (not route every token itself and call it R3); replay OFF reports coverage 0 and trains."""
+    unknown = [np.full((len(p) + len(r) - 1, 2, 2), 255, dtype=np.uint8) for p, r in zip(PROMPTS, RESPONSES)]
+    batch = _batch(unknown)
+    batch.routing_counts = {"rows_missing": 17, "rows_unknown": 17, "noncontiguous": 0}
+    before = {k: v.clone() for k, v in moe_policy.model.state_dict().items()}
+    with pytest.raises(ValueError) as refused:
+        moe_policy.train_grpo(batch, {"routing_replay": True, "mini_batches": 2})
+    message = str(refused.value)
+    assert "\n" not in message and "rl.routing_min_coverage=0.9" in message and "0.0%" in message
+    assert "routed_experts" in message and "rows_missing 17" in message
+    assert moe_policy.optimizer_steps == 0
+    assert all(torch.equal(before[k], v) for k, v in moe_policy.model.state_dict().items())
+    out = moe_policy.train_grpo(batch, {"routing_replay": False})
+    assert out["routing_coverage"] == 0.0 and "router_mismatch_own" not in out
+    # a partly known batch above the minimum trains, and reports its coverage
+    partial = _rows_routing(moe_policy, PROMPTS, RESPONSES)
+    partial[2] = unknown[2]
+    out = moe_policy.train_grpo(_batch(partial), {"routing_replay": True, "routing_min_coverage": 0.5})
+    assert out["routing_coverage"] == pytest.approx((6 + 5) / (6 + 5 + 6))  # rows of 6, 5, 6 scored tokens
+
+
+class DeepseekV2TopkRouter(torch.nn.Module):
+    """A stand-in for a family whose gate rule is not known here (DeepSeek-V2: softmax, no renormalisation,
+    times routed_scaling_factor): it has every attribute the old attribute sniffing looked at."""
+
+    def __init__(self, experts: int, hidden: int) -> None:
+        super().__init__()
+        self.top_k, self.routed_scaling_factor = 2, 16.0
+        self.weight = torch.nn.Parameter(torch.zeros(experts, hidden))
+
+
+def test_a_router_family_without_a_known_gate_rule_is_refused_when_replay_is_turned_on():
+    model = _tiny("mixtral")
+    model.model.layers[1].mlp.gate = DeepseekV2TopkRouter(4, 32)
+    replay = RoutingReplay(model)  # loading (SFT, or comparing routings) needs no gate weights
+    routing = torch.zeros(1, 3, len(replay.blocks), replay.top_k, dtype=torch.long)
+    replay.enabled = False
+    replay.set(routing)  # compare only: allowed
+    replay.clear()
+    replay.enabled = True
+    with pytest.raises(ValueError, match="router class DeepseekV2TopkRouter .*known families: MixtralTopKRouter"):
+        replay.set(routing)
+    with pytest.raises(ValueError, match="DeepseekV2TopkRouter"):
+        replayed_weights(model.model.layers[1].mlp.gate, torch.zeros(3, 4), torch.zeros(3, 2, dtype=torch.long))
 
 
 def test_routing_replay_on_a_dense_model_fails_in_one_line(tiny_model_dir):
@@ -296,15 +377,12 @@ def test_upcycle_refuses_bad_shapes(tiny_model_dir, tmp_path):
 def test_old_logprobs_are_recomputed_under_the_same_replayed_routing(tiny_moe_dir):
     """Two mini-batches: the old policy's logprobs are recomputed before the update. With a negligible
     learning rate the ratio new/old is 1 only if that recompute replayed the rollout's experts too."""
-    from rollout.types import RolloutBatch
     from trainer.policy import PolicyTrainer
     from trainer.settings import OptimSettings, TrainerSettings
 
     trainer = PolicyTrainer(tiny_moe_dir, TrainerSettings(precision="fp32", shared_prefix=False,
                                                           optim=OptimSettings(lr=1e-12)))
-    shifted = _rows_routing(trainer, PROMPTS, RESPONSES, shift=1)
-    batch = RolloutBatch(prompt_ids=PROMPTS, response_ids=RESPONSES, group_size=1, rewards=[1.0, 0.0, 1.0],
-                         advantages=[1.0, -1.0, 0.5], routed_experts=shifted)
+    batch = _batch(_rows_routing(trainer, PROMPTS, RESPONSES, shift=1))
     out = trainer.train_grpo(batch, {"mini_batches": 2, "micro_batch_size": 2, "routing_replay": True})
     assert out["ratio_mean"] == pytest.approx(1.0, abs=1e-5) and out["approx_kl"] == pytest.approx(0.0, abs=1e-8)
 

@@ -1,9 +1,12 @@
 """The trainer's model code on a tiny random Llama: padding layout, logprobs, GRPO/SFT updates, LoRA, checkpoints."""
+import math
+
 import pytest
 import torch
 
 from helpers import teacher_forced_logprobs
 from rollout.types import RolloutBatch
+from trainer import losses
 from trainer.policy import Policy, PolicyTrainer
 from trainer.sequences import pad_rows, response_logprobs
 from trainer.settings import GRPOSettings, LoraSettings, OptimSettings, TrainerSettings
@@ -76,12 +79,149 @@ def test_micro_batching_does_not_change_the_update(tiny_model_dir):
         assert torch.allclose(states[0][k], states[1][k], atol=1e-6), k
 
 
-def test_multiple_updates_use_a_fixed_old_policy_and_clip(tiny_model_dir):
+def _record_objective(monkeypatch, trainer) -> list[dict]:
+    """Per forward/backward of the update: its rows ``(prompt, response)`` and the ``logp``, ``old``
+    logprobs and ``advantages`` that :func:`trainer.losses.grpo_objective` got for them."""
+    calls = []
+    forward, objective = trainer._forward, losses.grpo_objective
+
+    def recording_forward(prompts, responses, **kwargs):
+        if torch.is_grad_enabled():  # the update's own forwards (the old-logprob pass runs without gradients)
+            calls.append({"rows": [(tuple(p), tuple(r)) for p, r in zip(prompts, responses)]})
+        return forward(prompts, responses, **kwargs)
+
+    def recording_objective(logp, old_logp, advantages, mask, **kwargs):
+        calls[-1].update(logp=logp.detach().clone(), old=old_logp.detach().clone(), advantages=advantages.clone())
+        return objective(logp, old_logp, advantages, mask, **kwargs)
+
+    monkeypatch.setattr(trainer, "_forward", recording_forward)
+    monkeypatch.setattr(losses, "grpo_objective", recording_objective)
+    return calls
+
+
+def _rows(batch):
+    return [(tuple(p), tuple(r)) for p, r in zip(batch.prompt_ids, batch.response_ids)]
+
+
+def test_multiple_updates_use_a_fixed_old_policy_and_clip(tiny_model_dir, monkeypatch):
     trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32", optim=OptimSettings(lr=5e-2)))
-    metrics = trainer.train_grpo(_batch([1.0, -1.0, -1.0, 1.0]),
-                                 GRPOSettings(mini_batches=2, epochs=3, micro_batch_size=2, tis_cap=None))
-    assert metrics["optimizer_steps"] == 6
-    assert metrics["clip_fraction"] > 0  # later updates move away from the old policy and hit the clip
+    batch = _batch([1.0, -1.0, -1.0, 1.0])
+    sampled_from = dict(zip(_rows(batch), trainer.batch_logprobs(batch)))  # the policy before any step
+    calls = _record_objective(monkeypatch, trainer)
+    metrics = trainer.train_grpo(batch, GRPOSettings(mini_batches=2, epochs=3, micro_batch_size=2, tis_cap=None))
+    assert metrics["optimizer_steps"] == 6 and len(calls) == 6
+    clipped = tokens = 0
+    for n, call in enumerate(calls):
+        for row, logp, old, adv in zip(call["rows"], call["logp"], call["old"], call["advantages"]):
+            length = len(row[1])
+            # Every step's ratio is against the policy before the update, not the current one ...
+            assert old[:length].tolist() == pytest.approx(sampled_from[row], abs=1e-5), (n, row)
+            ratio = (logp[:length] - old[:length]).exp()
+            if n:  # ... which the steps after the first have moved away from
+                assert (ratio - 1).abs().max() > 1e-3, (n, row)
+            # PPO's clip: a token stops pulling once its ratio left [1 - 0.2, 1 + 0.28] in its advantage's way.
+            clipped += int(((ratio > 1.28) if adv > 0 else (ratio < 0.8)).sum())
+            tokens += length
+    assert clipped > 0 and metrics["clip_fraction"] == pytest.approx(clipped / tokens, abs=1e-6)
+
+
+def test_the_update_and_its_old_policy_score_at_the_sampling_temperature(tiny_model_dir, monkeypatch):
+    # Both the update's forward and the old-logprob pass (epochs=2) divide the logits by the temperature.
+    trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32", optim=OptimSettings(lr=1e-2)))
+    batch = _batch([1.0, -1.0, -1.0, 1.0])
+    tempered = {row: teacher_forced_logprobs(trainer.model, row[0], row[1], 0.6) for row in _rows(batch)}
+    calls = _record_objective(monkeypatch, trainer)
+    trainer.train_grpo(batch, GRPOSettings(epochs=2, micro_batch_size=4, temperature=0.6, tis_cap=None))
+    assert len(calls) == 2
+    for n, call in enumerate(calls):
+        for row, logp, old in zip(call["rows"], call["logp"], call["old"]):
+            assert old[:len(row[1])].tolist() == pytest.approx(tempered[row], abs=1e-5), (n, row)
+            if n == 0:  # the first step's forward is at the weights the batch was scored at
+                assert logp[:len(row[1])].tolist() == pytest.approx(tempered[row], abs=1e-5), row
+
+
+def _sgd_step(tiny_model_dir, batch, settings):
+    """The weight change of one GRPO step with plain SGD at lr 1 and no clipping: minus the gradient."""
+    trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32", optim=OptimSettings(grad_clip=0)))
+    trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=1.0)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train_grpo(batch, settings)
+    return {k: v - before[k] for k, v in trainer.model.state_dict().items()}
+
+
+def test_tis_weights_scale_each_row_of_the_update(tiny_model_dir):
+    # Rows 0-1 come with rollout logprobs 3 nats above the trainer's: TIS weighs them min(e^-3, cap); rows
+    # 2-3 come without (weight 1). The gradient is then e^-3 x rows 0-1's + rows 2-3's, each taken alone
+    # (advantage 0 on the others, which keeps the loss's denominator).
+    settings = GRPOSettings(tis_cap=2.0, micro_batch_size=4)
+    trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32"))
+    engine = [[x + 3.0 for x in row] for row in trainer.batch_logprobs(_batch([0.0] * 4))[:2]] + [None, None]
+    first = _sgd_step(tiny_model_dir, _batch([1.0, -1.0, 0.0, 0.0]), settings)
+    second = _sgd_step(tiny_model_dir, _batch([0.0, 0.0, -1.0, 1.0]), settings)
+    both = _sgd_step(tiny_model_dir, _batch([1.0, -1.0, -1.0, 1.0], rollout_logprobs=engine), settings)
+    assert max(float(first[k].abs().max()) for k in first) > 1e-4
+    for k in both:
+        assert torch.allclose(both[k], math.exp(-3.0) * first[k] + second[k], atol=1e-6), k
+
+
+@pytest.mark.parametrize("shift", [0.5, -0.5], ids=["reference-higher", "reference-lower"])
+def test_a_reference_kl_pulls_the_policy_toward_the_reference(tiny_model_dir, shift):
+    # Every advantage 0: only the KL term can move the weights, toward a reference that scores each response
+    # token ``shift`` nats above (or below) the policy. Row 1 is masked out: the reference rows are the batch's.
+    batch = _batch([0.0] * 4)
+    batch.loss_mask = [True, False, True, True]
+    moved = {}
+    for kl_coef in (0.0, 0.5):
+        trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32", optim=OptimSettings(lr=1e-2)))
+        before = trainer.batch_logprobs(batch)
+        reference = [[x + shift for x in row] for row in before]
+        metrics = trainer.train_grpo(batch, GRPOSettings(kl_coef=kl_coef, tis_cap=None), ref_logprobs=reference)
+        after = trainer.batch_logprobs(batch)
+        moved[kl_coef] = sum(sum(a) - sum(b) for a, b, keep in zip(after, before, batch.loss_mask) if keep)
+    assert moved[0.0] == 0.0  # no KL: nothing to learn
+    assert moved[0.5] * shift > 0  # toward the reference
+    # k3 of logp - ref = -shift on every kept token: exp(shift) - shift - 1 (a misaligned reference row differs)
+    assert metrics["kl"] == pytest.approx(math.exp(shift) - shift - 1, rel=1e-4)
+
+
+def _entropy_of(model, batch) -> float:
+    """Mean entropy of the next-token distribution over the response tokens (independent of the trainer)."""
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for prompt, response in zip(batch.prompt_ids, batch.response_ids):
+            p = model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1:-1].float().softmax(-1)
+            total += float(-(p * p.log()).sum())
+            tokens += len(response)
+    return total / tokens
+
+
+def test_an_entropy_bonus_raises_the_entropy(tiny_model_dir):
+    batch = _batch([0.0] * 4)  # no advantage: the bonus is the only signal
+    change = {}
+    for coef in (0.0, 0.1):
+        trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32", optim=OptimSettings(lr=1e-2)))
+        before = _entropy_of(trainer.model, batch)
+        trainer.train_grpo(batch, GRPOSettings(entropy_coef=coef, tis_cap=None, micro_batch_size=2))
+        change[coef] = _entropy_of(trainer.model, batch) - before
+    assert change[0.0] == 0.0 and change[0.1] > 1e-4
+
+
+def test_sequence_level_ratios_reach_the_update(tiny_model_dir, monkeypatch):
+    # GSPO: one ratio per sequence, exp(mean over its tokens of logp - old). Checked on the ratio_mean metric,
+    # recomputed here from the logprobs each step used; a token-level ratio gives another mean (Jensen).
+    trainer = PolicyTrainer(tiny_model_dir, TrainerSettings(precision="fp32", optim=OptimSettings(lr=5e-2)))
+    calls = _record_objective(monkeypatch, trainer)
+    metrics = trainer.train_grpo(_batch([1.0, -1.0, -1.0, 1.0]), GRPOSettings(
+        epochs=3, micro_batch_size=4, ratio_level="sequence", loss_agg="seq-mean-token-mean", tis_cap=None))
+    sequence_level = token_level = tokens = 0.0
+    for call in calls:
+        for row, logp, old in zip(call["rows"], call["logp"], call["old"]):
+            n = len(row[1])
+            sequence_level += n * math.exp(float((logp[:n] - old[:n]).mean()))
+            token_level += float((logp[:n] - old[:n]).exp().sum())
+            tokens += n
+    assert metrics["ratio_mean"] == pytest.approx(sequence_level / tokens, rel=1e-6)
+    assert abs(token_level - sequence_level) / tokens > 1e-5  # the two levels are told apart here
 
 
 @pytest.mark.parametrize("optim", [dict(lr=1e-2), dict(lr=1e-2, weight_decay=0.1)], ids=["moments", "decay"])

@@ -100,7 +100,8 @@ def all_reduce_gradients(params: Iterable[torch.Tensor], bucket_elements: int = 
     """Sum every parameter's ``.grad`` over the group, in place, flattened into a few buckets.
 
     A rank where a parameter has no gradient (it trained no rows) contributes zeros. A parameter with no
-    gradient on any rank keeps ``None``, as on a single worker, where the optimizer then leaves it alone.
+    gradient on any rank keeps ``None`` here; the trainer's optimizer step then gives it a zero gradient, so
+    AdamW still decays it and its moments (every trainable parameter takes the same step).
     Every rank must pass the same parameters in the same order: the collectives are matched by position.
     """
     import torch.distributed as dist

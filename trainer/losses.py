@@ -1,4 +1,4 @@
-"""GRPO and its variants as pure tensor functions: advantages, the clipped policy loss, KL penalties; and the
+"""GRPO and its variants as pure tensor functions: advantages, the whole clipped objective, KL penalties; and the
 per-token KL of logit distillation: the loss surface of the policy trainers (the reward model's Bradley-Terry loss is in
 :mod:`trainer.bradley_terry`).
 
@@ -11,11 +11,15 @@ import math
 from typing import Literal
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 AdvantageScale = Literal["group", "batch", "none"]
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 KLKind = Literal["k1", "k2", "k3"]
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+# exp() of a log-ratio or log-probability gap is taken on [-20, 20]: e^20 ~ 5e8 is finite in any float dtype,
+# and a token that far off is clipped anyway (e^88 would overflow float32 to inf, and its gradient to nan).
+LOG_RATIO_LIMIT = 20.0
 
 
 def grpo_advantages(rewards: torch.Tensor, group_size: int, scale: AdvantageScale = "group",
@@ -120,7 +124,9 @@ def _surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Ten
         log_ratio = seq_log_ratio.expand_as(logp)
     elif level != "token":
         raise ValueError(f"level={level!r}: expected 'token' or 'sequence'")
-    ratio = torch.exp(log_ratio)
+    # Beyond the limit the clipped branch is the one that counts (or, with the wrong sign, a huge but finite
+    # loss with no gradient): never inf * 0 = nan in backward, which would make the trainer drop the step.
+    ratio = torch.exp(torch.clamp(log_ratio, -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT))
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     return torch.maximum(unclipped, clipped), ratio, (clipped > unclipped)
@@ -140,37 +146,6 @@ def _clip_sums(ratio: torch.Tensor, active: torch.Tensor, old_logp: torch.Tensor
         }
 
 
-def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip_low: float = 0.2, clip_high: float = 0.2, agg: LossAgg = "token-mean",
-                level: Literal["token", "sequence"] = "token",
-                token_weights: torch.Tensor | None = None, horizon: int | None = None
-                ) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO clipped surrogate for GRPO-style training. Returns ``(loss, metrics)``.
-
-    Shapes: logp, old_logp, mask [batch, response_len]; advantages [batch] or [batch, response_len];
-    token_weights [batch, response_len] -> returns (loss scalar, metrics of Python floats).
-
-    ratio = exp(logp - old_logp) per token (``level="token"``), or the GSPO sequence ratio
-    exp(mean_t(logp - old_logp)) shared by every token of a sequence (``level="sequence"``).
-    The clip range is ``[1 - clip_low, 1 + clip_high]`` (DAPO clip-higher when ``clip_high > clip_low``).
-    ``advantages`` is one per sequence (``[batch]``) or per token. ``token_weights`` (detached, e.g.
-    truncated-importance-sampling weights) multiply the per-token loss.
-
-    metrics: ``clip_fraction`` (tokens where the clipped branch is active), ``clip_low_fraction``,
-    ``clip_high_fraction``, ``ratio_mean``, ``approx_kl`` (k3 of old vs new). The trainer uses
-    :func:`grpo_objective`, which assembles this with the other terms and keeps metrics as tensors.
-    """
-    per_token, ratio, active = _surrogate(logp, old_logp, advantages, mask, clip_low, clip_high, level)
-    if token_weights is not None:
-        per_token = per_token * token_weights.detach().to(per_token.dtype)
-    maskf = mask.to(logp.dtype)
-    loss = aggregate(per_token, maskf, agg, horizon=horizon)
-    n = maskf.sum().clamp(min=1.0)
-    metrics = {k: float(v / n) for k, v in _clip_sums(ratio, active, old_logp, logp, maskf, clip_low,
-                                                        clip_high).items()}
-    return loss, metrics
-
-
 def grpo_objective(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
                    clip_low: float = 0.2, clip_high: float = 0.28, agg: LossAgg = "token-mean",
                    level: Literal["token", "sequence"] = "token", horizon: int | None = None,
@@ -181,8 +156,10 @@ def grpo_objective(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch
                    entropy: torch.Tensor | None = None, entropy_coef: float = 0.0
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The whole GRPO loss of a (micro-)batch: clipped surrogate (optionally weighted by truncated importance
-    sampling), + ``kl_coef`` · KL(policy ‖ reference), − ``entropy_coef`` · entropy, each aggregated by
-    ``agg``. Returns ``(loss, sums)``: the loss to backward, and detached 0-d tensors.
+    sampling), + ``kl_coef`` · the ``kl_kind`` penalty toward the reference (:func:`kl_penalty`: k3's gradient is
+    that of KL(reference ‖ policy), k2's that of KL(policy ‖ reference), k1's is 0 in expectation), −
+    ``entropy_coef`` · entropy, each aggregated by ``agg``. Returns ``(loss, sums)``: the loss to backward, and
+    detached 0-d tensors.
 
     Shapes: logp, old_logp, mask, rollout_logp, ref_logp, entropy [batch, response_len]; advantages [batch]
     (or [batch, response_len]); rollout_valid [batch] -> returns (loss scalar, sums of scalars).
@@ -193,11 +170,19 @@ def grpo_objective(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch
       min(π_old / π_rollout, ``tis_cap``) on valid rows, weight 1 elsewhere; the rollout/trainer mismatch
       is measured on valid rows only.
     - ``entropy``: with ``entropy_coef`` it must carry its graph; without, it is logged.
+    - ``level``: ``"token"``, ratio exp(logp - old_logp) per token; ``"sequence"`` (GSPO), the sequence ratio
+      s_i = exp(mean_t(logp - old_logp)) shared by a row's tokens, with ``agg="seq-mean-token-mean"`` only:
+      the loss is then GSPO's 1/G sum_i max(-s_i A_i, -clip(s_i) A_i). A token aggregation would count the
+      shared ratio once per token, weighting a row by its length; it is refused.
+    - The clip range is ``[1 - clip_low, 1 + clip_high]`` (DAPO clip-higher when ``clip_high > clip_low``).
 
     ``sums``: ``pg_loss``, ``kl``, ``entropy`` (this batch's share of the aggregate: they add up over
     micro-batches), and token sums to divide by ``tokens`` (``clip_*``, ``ratio_mean``, ``approx_kl``) or
     by ``mismatch_tokens`` (``mismatch_abs_diff``, ``mismatch_k3``, ``mismatch_frac_over_ln2``).
     """
+    if level == "sequence" and agg != "seq-mean-token-mean":
+        raise ValueError(f"loss_agg={agg!r} with ratio_level='sequence': GSPO averages over sequences, use "
+                         "loss_agg='seq-mean-token-mean' (a token mean weighs each row's ratio by its length)")
     maskf = mask.to(logp.dtype)
     agg_kw = dict(horizon=horizon, denominator=denominator)
     per_token, ratio, active = _surrogate(logp, old_logp, advantages, mask, clip_low, clip_high, level)
@@ -233,11 +218,20 @@ def grpo_objective(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: KLKind = "k3") -> torch.Tensor:
-    """Per-token estimate of KL(policy || reference) from sampled-token logprobs, Δ = logp - ref_logp.
+    """Per-token KL penalty toward the reference from sampled-token logprobs, Δ = logp - ref_logp.
 
     Shapes: logp, ref_logp [batch, response_len] -> returns [batch, response_len] (elementwise).
 
-    k1 = Δ (unbiased, high variance), k2 = Δ²/2, k3 = exp(-Δ) + Δ - 1 (unbiased, always >= 0).
+    k1 = Δ, k2 = Δ²/2, k3 = exp(-Δ) + Δ - 1 (always >= 0). As *values* on samples of the policy, k1 and k3
+    are unbiased estimates of KL(policy ‖ reference), k2 a biased one. As a *loss* (gradient through logp,
+    the sample fixed) they regularise different things; the expected gradient over the policy's samples is
+
+    - k1: 0 (E_π[∇log π] = 0): no regularisation at all, only noise;
+    - k2: ∇KL(policy ‖ reference) (reverse KL: mode-seeking);
+    - k3: ∇KL(reference ‖ policy) (forward KL: mass-covering), not the KL its value estimates.
+
+    k3's Δ is clamped at -20 (a token the reference finds e^20 times likelier): beyond it k3 is constant and
+    its gradient 0 (exp would overflow); k3 stays finite and grows with |Δ| on either side.
     """
     delta = logp - ref_logp
     if kind == "k1":
@@ -245,8 +239,10 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: KLKind = "k3") 
     if kind == "k2":
         return 0.5 * delta.pow(2)
     if kind == "k3":
-        # Clamp before exp: a token the policy made far likelier than the reference would overflow.
-        return torch.exp(torch.clamp(-delta, max=20.0)) + delta - 1.0
+        # Clamp Δ itself, not only the exp's argument: clamping -Δ inside exp alone left the +Δ term, whose
+        # gradient (+1) then pushed logp *away* from the reference and made k3 shrink as the gap grew.
+        delta = torch.clamp(delta, min=-LOG_RATIO_LIMIT)
+        return torch.exp(-delta) + delta - 1.0
     raise ValueError(f"kind={kind!r}: expected 'k1', 'k2' or 'k3'")
 
 
@@ -282,8 +278,13 @@ def logprob_mismatch(train_logp: torch.Tensor, rollout_logp: torch.Tensor, mask:
 DIRECTIONS = ("forward", "reverse")
 
 
+# Vocabulary entries per chunk of token_kl: its ~8 fp32 intermediates then take ~0.5 GiB, whatever the batch.
+KL_CHUNK_ELEMENTS = 1 << 24
+
+
 def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, *,
-             direction: str = "forward", temperature: float = 1.0) -> torch.Tensor:
+             direction: str = "forward", temperature: float = 1.0,
+             positions_per_chunk: int | None = None) -> torch.Tensor:
     """Per-token KL between the teacher's and the student's softmax over the vocabulary.
 
     Shapes: student_logits, teacher_logits [batch, response_len, vocab], mask [batch, response_len] ->
@@ -302,11 +303,18 @@ def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: t
     temperatures) is the caller's loss weighting, not part of the divergence.
 
     Gradients flow into whichever logits require them (normally only the student's).
+
+    Memory: the positions (batch x response_len, flattened) are taken ``positions_per_chunk`` at a time
+    (default: :data:`KL_CHUNK_ELEMENTS` // vocab), each chunk under activation checkpointing: its fp32
+    vocabulary-wide intermediates exist for one chunk at a time and are recomputed in backward, so nothing
+    vocabulary-wide is kept between forward and backward but the inputs themselves.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction={direction!r}: expected one of {DIRECTIONS}")
     if not temperature > 0:  # also rejects nan
         raise ValueError(f"temperature={temperature!r}: must be > 0")
+    if positions_per_chunk is not None and positions_per_chunk < 1:
+        raise ValueError(f"positions_per_chunk={positions_per_chunk!r}: must be >= 1")
     if student_logits.shape[-1] != teacher_logits.shape[-1]:
         raise ValueError(f"teacher_logits: vocabulary of {teacher_logits.shape[-1]} vs the student's "
                          f"{student_logits.shape[-1]}; teacher and student must share a vocabulary")
@@ -314,6 +322,19 @@ def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: t
         raise ValueError(f"mask: shapes student {tuple(student_logits.shape)}, teacher "
                          f"{tuple(teacher_logits.shape)}, mask {tuple(mask.shape)} do not line up")
     keep = mask.bool()
+    vocab = student_logits.shape[-1]
+    step = positions_per_chunk or max(1, KL_CHUNK_ELEMENTS // max(vocab, 1))
+    # flatten is a view for contiguous logits; split's backward concatenates the chunks' gradients once.
+    chunks = zip(student_logits.flatten(0, -2).split(step), teacher_logits.flatten(0, -2).split(step),
+                 keep.flatten().split(step))
+    kl = [checkpoint(_token_kl_positions, s, t, k, direction, temperature, use_reentrant=False,
+                     preserve_rng_state=False) for s, t, k in chunks]
+    return torch.cat(kl).view(keep.shape)
+
+
+def _token_kl_positions(student_logits: torch.Tensor, teacher_logits: torch.Tensor, keep: torch.Tensor,
+                        direction: str, temperature: float) -> torch.Tensor:
+    """:func:`token_kl` of one chunk: logits [positions, vocab], keep [positions] -> [positions] fp32."""
     # Blank masked positions *before* any math: a nan there would otherwise reach the backward pass
     # (where() gives the unselected branch a zero gradient, but 0 * nan in the ops below it is still nan).
     # torch.where, never a multiply by the mask: nan * 0 is nan.
@@ -333,15 +354,3 @@ def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: t
     diff = torch.where(p > 0, log_p - log_q, 0.0)
     kl = (p * diff).sum(-1)
     return torch.where(keep, kl, 0.0)
-
-
-def masked_token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over the positions where ``mask`` is true (every token weighs the same); 0 if none.
-
-    Shapes: values [batch, response_len], mask [batch, response_len] -> returns scalar (0-d tensor).
-
-    Masked positions are dropped with ``torch.where`` (not multiplied by 0), so an inf/nan there is harmless.
-    """
-    keep = mask.bool()
-    total = torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum()
-    return total / keep.sum().clamp(min=1)

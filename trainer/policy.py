@@ -1,14 +1,13 @@
 """The policy a trainer optimises, and the frozen reference: model loading, logprobs, GRPO/SFT updates.
 
-Plain classes (no Ray): ``pipeline/`` wraps them as actors, tests use them directly.
+Plain classes (no Ray): ``pipeline/`` wraps them as actors, tests use them directly. The GRPO update is
+:mod:`trainer.grpo_update` (a mixin of :class:`PolicyTrainer`).
 """
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 import logging
 import math
-import random
 import time
 from pathlib import Path
 from typing import Sequence
@@ -17,13 +16,15 @@ import torch
 
 from rollout.types import RolloutBatch
 
-from . import distributed, losses
+from . import distributed
 from .devices import autocast_context, default_device
+# _chunks, _trained_order, skippable_rows: also importable from here, where they lived before.
+from .grpo_update import GRPOUpdate, _chunks, _trained_order, skippable_rows  # noqa: F401
 from .routing_layout import padded_spans
-from .routing_replay import RoutingReplay, mismatch_fractions
-from .sequences import (PaddedRows, pack_examples, packed_target_logprobs, pad_rows, pad_values, replay_tensor,
+from .routing_replay import RoutingReplay
+from .sequences import (PaddedRows, pack_examples, packed_target_logprobs, pad_rows, replay_tensor,
                         response_logprobs, shared_prefix_logprobs, unpad)
-from .settings import GRPOSettings, LoraSettings, TrainerSettings
+from .settings import LoraSettings, TrainerSettings
 
 log = logging.getLogger("r1.trainer")
 
@@ -127,7 +128,7 @@ class Policy:
                              micro_batch_size=micro_batch_size, disable_adapter=disable_adapter, routing=routing)
 
 
-class PolicyTrainer(Policy):
+class PolicyTrainer(GRPOUpdate, Policy):
     """The policy being optimised: AdamW, GRPO updates on rollout batches, SFT updates, weight export.
 
     Alone by default; :meth:`join_group` makes it rank ``rank`` of ``world_size`` workers that split each
@@ -211,12 +212,13 @@ class PolicyTrainer(Policy):
             distributed.all_reduce_gradients([p for p in self.model.parameters() if p.requires_grad])
 
     def _idle_backward(self) -> None:
-        """A forward/backward that adds zero to every gradient: under FSDP it keeps this rank's collectives
-        in step with a rank that has more micro-batches to run."""
+        """A forward/backward that adds zero to every gradient (only the forward under ``torch.no_grad``):
+        under FSDP it keeps this rank's collectives in step with a rank that has more micro-batches to run."""
         rows = self._rows([[self.pad_id]], [[self.pad_id]])
         with autocast_context(self.settings.precision, self.device):
             logp, _ = response_logprobs(self.model, rows)
-        (logp.sum() * 0.0).backward()
+        if logp.requires_grad:
+            (logp.sum() * 0.0).backward()
 
     def _lr_factor(self, step: int) -> float:
         o = self.settings.optim
@@ -227,208 +229,16 @@ class PolicyTrainer(Policy):
             return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
         return 1.0
 
-    # ---- GRPO ---------------------------------------------------------------------------------------------
-
-    def train_grpo(self, batch: RolloutBatch, settings: GRPOSettings | dict,
-                   ref_logprobs: list[list[float]] | None = None) -> dict[str, float]:
-        """One GRPO update on a scored rollout batch (advantages filled in). Returns metrics.
-
-        ``settings.epochs x settings.mini_batches`` optimizer steps, always: a batch whose rows are all
-        masked out or all skipped still takes them, with zero gradients, so the optimizer's moments and the
-        schedule move the same way whatever the batch held. With a single step, the old policy is the
-        current one (ratio 1, ``old_logp = logp.detach()``) and no extra forward pass is spent.
-
-        Rows whose advantage is 0 (a group where every sample got the same reward) add nothing to the
-        gradient when the loss has no KL and no entropy term, so with ``skip_zero_advantage`` they are not
-        run at all: the update is the same (their tokens still count in the loss's denominator) and the
-        step is cheaper by their share. Per-token metrics (clip fraction, mismatch) are then over the rows
-        trained; the entropy metric comes from one micro-batch (a full-vocabulary softmax is not free).
-
-        Rows whose engine returned no logprobs (``rollout_logprobs[i] is None``) take weight 1 under TIS
-        and are left out of the mismatch metrics; ``rows_without_rollout_logprobs`` counts them.
-        """
-        s = settings if isinstance(settings, GRPOSettings) else GRPOSettings(**settings)
-        if s.loss_agg == "seq-mean-token-sum-norm" and not s.horizon:
-            raise ValueError("GRPOSettings.horizon must be set for loss_agg='seq-mean-token-sum-norm' (Dr.GRPO "
-                             "divides by a constant: the rollout's max_new_tokens)")
-        started = time.perf_counter()
-        keep = [i for i in range(len(batch)) if not batch.loss_mask or batch.loss_mask[i]]
-        prompts = [batch.prompt_ids[i] for i in keep]
-        responses = [batch.response_ids[i] for i in keep]
-        adv = torch.tensor([batch.advantages[i] for i in keep], dtype=torch.float32)
-        width = max([1] + [len(r) for r in responses])  # stored values are padded to it; micro-batches slice
-        rollout_lp = rollout_valid = None
-        if batch.rollout_logprobs is not None:
-            given = [batch.rollout_logprobs[i] for i in keep]
-            rollout_valid = torch.tensor([lp is not None for lp in given], dtype=torch.bool)
-            rollout_lp = pad_values([lp or [] for lp in given], width)
-        ref_lp = pad_values([ref_logprobs[i] for i in keep], width) if ref_logprobs is not None else None
-        routing = self._grpo_routing(batch, keep, s)
-        gradient_free = skippable_rows(adv, s, has_reference=ref_lp is not None)
-        # Every epoch's row order up front: a worker of a group needs old logprobs for each row it will train.
-        orders, order = [], list(range(len(keep)))
-        rng = random.Random(self.settings.seed + self.optimizer_steps)
-        for epoch in range(s.epochs):
-            if epoch:
-                rng.shuffle(order)
-            orders.append(list(order))
-        old_lp = None
-        if s.epochs * s.mini_batches > 1:
-            rows = [i for i in range(len(keep)) if i not in gradient_free]
-            if self.world_size > 1 and not self._sharded:  # (FSDP: every rank runs every forward, in step)
-                mine = {i for o in orders for mini in _split(o, s.mini_batches)
-                        for i in self._my_rows(_trained_order(mini, prompts, responses, gradient_free))}
-                rows = [i for i in rows if i in mine]
-            old_lp = torch.zeros(len(keep), width)
-            if rows:  # the old policy routes as the rollout did too (R3): ratios compare like with like
-                old_lp[rows] = pad_values(self.logprobs(
-                    [prompts[i] for i in rows], [responses[i] for i in rows], temperature=s.temperature,
-                    micro_batch_size=s.micro_batch_size,
-                    routing=[routing[i] for i in rows] if routing is not None else None,
-                    replay=s.routing_replay), width)
-            if self.replay is not None:
-                self.replay.take_counts()  # the update's own forward is what the mismatch metrics measure
-        data = _GRPOData(prompts, responses, adv, rollout_lp, rollout_valid, old_lp, ref_lp, routing)
-        sums: dict[str, list[torch.Tensor]] = {}
-        self.model.train()
-        for epoch, order in enumerate(orders):
-            for mini in _split(order, s.mini_batches):
-                for k, v in self._grpo_minibatch(mini, data, s, first_pass=epoch == 0, skip=gradient_free,
-                                                 with_entropy=not sums).items():
-                    sums.setdefault(k, []).append(v)
-            if epoch == 0 and self.replay is not None:  # the mismatch is a property of the rollout: once
-                routing_counts = self.replay.take_counts()
-        # The one device-to-host transfer of the step's metrics.
-        names = sorted(sums)
-        flat = torch.stack([torch.stack(sums[k]).sum().float() for k in names]).tolist() if names else []
-        totals = dict(zip(names, flat))
-        if self.world_size > 1:
-            # The global figures: every rank trained a share of the rows. Entropy as a metric is one
-            # micro-batch's own aggregate per rank: averaged; as a loss term it is a share: summed.
-            totals = distributed.reduce_metrics(totals, _GROUP_SUMS, () if s.entropy_coef else ("entropy",))
-        out = {}
-        n_minis = s.epochs * s.mini_batches
-        for k in ("pg_loss", "kl"):
-            if k in totals:
-                out[k] = totals[k] / n_minis
-        out.update({k: totals[k] / max(totals.get("tokens", 0.0), 1.0) for k in
-                    ("clip_fraction", "clip_low_fraction", "clip_high_fraction", "ratio_mean", "approx_kl")
-                    if k in totals})
-        out.update({k: totals[k] / max(totals["mismatch_tokens"], 1.0) for k in
-                    ("mismatch_abs_diff", "mismatch_k3", "mismatch_frac_over_ln2") if "mismatch_tokens" in totals})
-        out["grad_norm"] = totals.get("grad_norm", 0.0) / n_minis
-        if "entropy" in totals:
-            out["entropy"] = totals["entropy"] / (n_minis if s.entropy_coef else 1)
-        elif keep:
-            # Every row was skipped: the policy's entropy is still what shows a stuck or collapsing run, so
-            # measure it without gradients on one micro-batch.
-            out["entropy"] = self._entropy(prompts[:s.micro_batch_size], responses[:s.micro_batch_size], s,
-                                           routing[:s.micro_batch_size] if routing is not None else None)
-        if self.replay is not None:
-            self.replay.take_counts()
-            if self.world_size > 1:
-                routing_counts = distributed.reduce_metrics(routing_counts, _ROUTING_COUNTS)
-            out.update(mismatch_fractions(routing_counts))
-        out.update(rows_trained=float(len(keep) - len(gradient_free)),
-                   rows_skipped_zero_advantage=float(len(gradient_free)),
-                   rows_masked=float(len(batch) - len(keep)),
-                   rows_without_rollout_logprobs=float((~rollout_valid).sum()) if rollout_valid is not None else 0.0,
-                   train_seconds=time.perf_counter() - started,
-                   lr=self.scheduler.get_last_lr()[0], optimizer_steps=float(self.optimizer_steps))
-        return out
-
-    @torch.no_grad()
-    def _entropy(self, prompts, responses, s: GRPOSettings, routing=None) -> float:
-        """Entropy of the tempered policy over ``responses``, aggregated as the update's is (no gradient)."""
-        try:
-            with autocast_context(self.settings.precision, self.device):
-                _, entropy, mask = self._forward(prompts, responses, temperature=s.temperature, with_entropy=True,
-                                                 routing=routing)
-        finally:
-            self._end_replay()
-        return float(losses.aggregate(entropy, mask, s.loss_agg, horizon=s.horizon))
-
-    def _grpo_routing(self, batch: RolloutBatch, keep: list[int], s: GRPOSettings) -> list | None:
-        """The kept rows' rollout routing when the forwards should see it: replayed under
-        ``s.routing_replay``, otherwise only compared (the router-mismatch metrics of a run without R3)."""
-        if self.replay is None:
-            if s.routing_replay:
-                raise ValueError(f"rl.routing_replay=true: {self.model_dir} has no MoE layers to replay")
-            return None
-        if batch.routed_experts is None:
-            if s.routing_replay:
-                raise ValueError("rl.routing_replay=true but the rollout batch carries no routed_experts "
-                                 "(start the engine with routing capture: rollout.routing_capture)")
-            return None
-        self.replay.enabled = s.routing_replay
-        return [batch.routed_experts[i] for i in keep]
-
-    def _grpo_minibatch(self, mini: list[int], data: "_GRPOData", s: GRPOSettings, *, first_pass: bool,
-                        skip: frozenset = frozenset(), with_entropy: bool = True) -> dict[str, torch.Tensor]:
-        """forward -> :func:`trainer.losses.grpo_objective` -> backward per micro-batch, then one optimizer
-        step. Returns the mini-batch's metric sums as tensors (no host sync here)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        # The denominator counts every row of the mini-batch, skipped or not, so skipping changes nothing.
-        denominator = losses.aggregate_count(_length_mask([len(data.responses[i]) for i in mini]), s.loss_agg)
-        # Sorted by prompt, then length (see _trained_order); the order does not change the sum.
-        trained = _trained_order(mini, data.prompts, data.responses, skip)
-        # In a group each worker trains its share; the denominator above is the whole mini-batch's, so the
-        # shares' gradients add up to the single worker's.
-        mine = self._my_rows(trained)
-        micros = _chunks(mine, s.micro_batch_size)
-        sums: dict[str, torch.Tensor] = {}
-        for n, micro in enumerate(micros):
-            idx = torch.tensor(micro)
-            # Entropy is a full-vocabulary softmax: with a bonus it is part of the loss on every micro-batch;
-            # as a metric, the step's first micro-batch is enough.
-            entropy_mode = "grad" if s.entropy_coef else (with_entropy and n == 0)
-            with autocast_context(self.settings.precision, self.device):
-                logp, entropy, mask = self._forward(
-                    [data.prompts[i] for i in micro], [data.responses[i] for i in micro], temperature=s.temperature,
-                    with_entropy=entropy_mode,
-                    routing=[data.routing[i] for i in micro] if data.routing is not None else None)
-            w = mask.shape[1]
-            take = lambda t: t[idx, :w].to(self.device) if t is not None else None  # noqa: E731
-            old = take(data.old_lp) if data.old_lp is not None else logp.detach()
-            loss, terms = losses.grpo_objective(
-                logp, old, data.advantages[idx].to(self.device), mask, clip_low=s.clip_low, clip_high=s.clip_high,
-                agg=s.loss_agg, level=s.ratio_level, horizon=s.horizon, denominator=denominator,
-                rollout_logp=take(data.rollout_lp),
-                rollout_valid=data.rollout_valid[idx] if data.rollout_valid is not None else None,
-                tis_cap=s.tis_cap, ref_logp=take(data.ref_lp), kl_coef=s.kl_coef, kl_kind=s.kl_kind,
-                entropy=entropy if s.entropy_coef else None, entropy_coef=s.entropy_coef)
-            if self.replay is not None:
-                self.replay.measuring = False  # a checkpointed backward re-runs the routers: count them once
-            loss.backward()
-            self._end_replay()
-            if not s.entropy_coef and entropy is not None:
-                # Logged, not trained: the micro-batch's own aggregate, not its share of the mini-batch.
-                terms["entropy"] = losses.aggregate(entropy, mask, s.loss_agg, horizon=s.horizon).detach()
-            if not first_pass:  # the mismatch is a property of the rollout: measure it once
-                for k in ("mismatch_abs_diff", "mismatch_k3", "mismatch_frac_over_ln2", "mismatch_tokens"):
-                    terms.pop(k, None)
-            for k, v in terms.items():
-                sums[k] = sums[k] + v if k in sums else v
-        if self._sharded and trained:  # FSDP: as many forward/backward passes as the busiest rank
-            most = max(len(_chunks(distributed.rank_share(trained, r, self.world_size), s.micro_batch_size))
-                       for r in range(self.world_size))
-            for _ in range(most - len(micros)):
-                self._idle_backward()
-        if not trained:
-            # Without the skip these rows would have given every parameter an exact zero gradient, and the
-            # optimizer still moves a parameter with a zero gradient (momentum, weight decay): give it that
-            # zero. (When some rows trained, their backward has already given every parameter a gradient.)
-            for p in self.model.parameters():
-                if p.requires_grad and p.grad is None:
-                    p.grad = torch.zeros_like(p)
-        else:  # (every rank knows whether any row of the mini-batch trained: they all agree on this branch)
-            self._sync_gradients()
-        sums["grad_norm"] = self._optimizer_step()
-        return sums
-
     def _optimizer_step(self) -> torch.Tensor:
-        """Clip, step (unless the gradient is not finite), advance the schedule. Returns the gradient norm."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        """Clip, step (unless the gradient is not finite), advance the schedule. Returns the gradient norm.
+
+        Every parameter the optimizer trains takes the step: one that no backward reached (every row of a
+        GRPO mini-batch skipped or masked, an MoE expert no token was routed to) has ``grad`` None, which
+        AdamW and SGD skip (no weight decay, no moment decay); it gets the zero gradient it has in fact."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]  # all it trains
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         clip = self.settings.optim.grad_clip
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip and clip > 0 else float("inf")).detach()
         if hasattr(norm, "full_tensor"):  # FSDP2: the norm of sharded gradients is a DTensor
@@ -717,64 +527,3 @@ def _lora_deltas(model) -> dict[str, torch.Tensor]:
             if delta is not None:
                 deltas[name] = delta
     return deltas
-
-
-def skippable_rows(advantages: torch.Tensor, settings: GRPOSettings, *, has_reference: bool) -> frozenset[int]:
-    """Indices of rows whose forward/backward can be skipped without changing the update: advantage exactly
-    0 and no loss term that does not scale with the advantage (a KL to a reference, an entropy bonus)."""
-    if not settings.skip_zero_advantage or settings.entropy_coef or (settings.kl_coef and has_reference):
-        return frozenset()
-    return frozenset(int(i) for i in torch.nonzero(advantages == 0).flatten())
-
-
-@dataclass
-class _GRPOData:
-    """One GRPO batch after masking, as the mini-batch loop indexes it. Per-token values are ``[rows, width]``
-    (zero-padded to the batch's longest response); micro-batches slice them to their own width."""
-
-    prompts: list[list[int]]
-    responses: list[list[int]]
-    advantages: torch.Tensor  # [rows]
-    rollout_lp: torch.Tensor | None
-    rollout_valid: torch.Tensor | None  # [rows] bool: the engine returned logprobs for the row
-    old_lp: torch.Tensor | None
-    ref_lp: torch.Tensor | None
-    routing: list | None = None  # per-row rollout routing (R3), replayed or compared
-
-
-# The metric sums of a GRPO step that a group all-reduces: a fixed list, so every worker reduces the same
-# tensor whatever it trained (grad_norm is not here: it is taken after the gradients are summed).
-_GROUP_SUMS = ("pg_loss", "kl", "entropy", "tokens", "clip_fraction", "clip_low_fraction", "clip_high_fraction",
-               "ratio_mean", "approx_kl", "mismatch_abs_diff", "mismatch_k3", "mismatch_frac_over_ln2",
-               "mismatch_tokens")
-_ROUTING_COUNTS = ("routers", "routers_differ", "routers_differ_unreplayed", "routers_replayed", "tokens",
-                   "tokens_differ")
-
-
-def _trained_order(mini: list[int], prompts: list, responses: list, skip: frozenset) -> list[int]:
-    """The rows of ``mini`` that run forward/backward: a group's rows next to each other (they share a
-    prompt pass), shortest first within it, so a micro-batch is padded only to its own longest response."""
-    return sorted((i for i in mini if i not in skip), key=lambda i: (tuple(prompts[i]), len(responses[i])))
-
-
-def _length_mask(lengths: list[int]) -> torch.Tensor:
-    """``[len(lengths), max length]`` float mask with ``lengths[i]`` leading ones per row."""
-    width = max([1] + lengths)
-    return (torch.arange(width).unsqueeze(0) < torch.tensor(lengths or [0]).unsqueeze(1)).float()
-
-
-def _chunks(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), max(1, size))]
-
-
-def _split(items: list, parts: int) -> list[list]:
-    """``items`` in exactly ``parts`` near-equal consecutive slices (empty ones when there are fewer items:
-    the optimizer steps as often as configured whatever the batch held)."""
-    parts = max(1, parts)
-    base, extra = divmod(len(items), parts)
-    out, start = [], 0
-    for p in range(parts):
-        end = start + base + (1 if p < extra else 0)
-        out.append(items[start:end])
-        start = end
-    return out

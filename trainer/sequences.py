@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from .routing_layout import prompt_pass_spans, response_pass_spans, routing_tensor
 
@@ -79,33 +80,57 @@ def response_logprobs(model, rows: PaddedRows, *, temperature: float = 1.0, with
     return logp * rows.response_mask, entropy
 
 
-def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float, with_entropy
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+# Positions x rows x vocabulary entries per chunk of :func:`token_logprobs`: 2**25 fp32 values = 128 MiB
+# (8 rows x 150k vocabulary: 27 positions a chunk).
+LOGIT_CHUNK_ELEMENTS = 2 ** 25
+
+
+def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float, with_entropy,
+                   chunk_elements: int = LOGIT_CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logprob of ``token_ids`` under ``logits / temperature``, in fp32, and the entropy if asked.
 
     Shapes: logits [batch, response_len, vocab], token_ids [batch, response_len] -> returns
     (logp [batch, response_len] fp32, entropy [batch, response_len] or None).
 
-    logsumexp + gather instead of a full log_softmax: no second ``[batch, response_len, vocab]`` tensor.
+    ``with_entropy``: False (none), ``"grad"`` (part of the loss: keeps its graph), anything else true (a
+    metric, without a graph).
+
+    Memory: the logits (bf16 under autocast) are the big tensor of a step, ``[batch, len, vocab]``. They
+    are read in chunks of positions of at most ``chunk_elements`` values, each made fp32, tempered, reduced
+    (logsumexp + gather, no full log_softmax) and dropped, so no fp32 copy of the whole logits is ever made.
+    With gradients, each chunk runs under a checkpoint: the backward keeps only the chunk's input (a view of
+    the logits) and recomputes its fp32 values, instead of keeping fp32 copies of the whole logits.
     """
+    step = max(1, chunk_elements // max(1, logits.shape[0] * logits.shape[-1]))
+    keep_graph = torch.is_grad_enabled() and logits.requires_grad
+    logps, entropies = [], []
+    for piece, ids in zip(logits.split(step, dim=1), token_ids.split(step, dim=1)):
+        if keep_graph:
+            logp, entropy = checkpoint(_chunk_logprobs, piece, ids, temperature, with_entropy, use_reentrant=False)
+        else:
+            logp, entropy = _chunk_logprobs(piece, ids, temperature, with_entropy)
+        logps.append(logp)
+        entropies.append(entropy)
+    logp = logps[0] if len(logps) == 1 else torch.cat(logps, dim=1)
+    if not with_entropy:
+        return logp, None
+    return logp, entropies[0] if len(entropies) == 1 else torch.cat(entropies, dim=1)
+
+
+def _chunk_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float, with_entropy
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`token_logprobs` of one chunk of positions, from one fp32 copy of it."""
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
     log_norm = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1) - log_norm
-    return logp, _entropy(logits, log_norm, with_entropy)
-
-
-def _entropy(logits: torch.Tensor, log_norm: torch.Tensor, mode) -> torch.Tensor | None:
-    """Entropy of the softmax over the vocabulary per position. ``mode``: False (skip), ``"grad"`` (part of
-    the loss: keeps the graph), anything else true (a metric: computed without the graph, which would hold
-    two more ``[batch, len, vocab]`` fp32 tensors until the step ends)."""
-    if not mode:
-        return None
-    if mode == "grad":
-        return log_norm - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-    with torch.no_grad():
-        return log_norm.detach() - (torch.softmax(logits.detach(), dim=-1) * logits.detach()).sum(-1)
+    if not with_entropy:
+        return logp, None
+    if with_entropy == "grad":
+        return logp, log_norm - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    with torch.no_grad():  # a metric: no graph (it would keep two more fp32 tensors of the chunk)
+        return logp, log_norm.detach() - (torch.softmax(logits.detach(), dim=-1) * logits.detach()).sum(-1)
 
 
 def unpad(values: torch.Tensor, lengths: Sequence[int]) -> list[list[float]]:
@@ -158,7 +183,9 @@ def shared_prefix_logprobs(model, prompts: Sequence[Sequence[int]], responses: S
         routing[0].set(_pass_routing(routing, prompt_pass_spans(
             [row_prompt.index(u) for u in range(len(unique))], [len(p) for p in unique], p_width), (len(unique), p_width)))
     out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True, logits_to_keep=1)
-    logits = out.logits[:, -1:, :].index_select(0, index)  # predicts response token 0, per row
+    first = out.logits[:, -1:, :].index_select(0, index)  # predicts response token 0, per row
+    # Each pass's logits are scored on their own (never concatenated: a copy of all of them).
+    logp, entropy = token_logprobs(first, r_ids[:, :1], temperature, with_entropy)
     if r > 1:
         cache = out.past_key_values
         cache.batch_select_indices(index)
@@ -170,8 +197,9 @@ def shared_prefix_logprobs(model, prompts: Sequence[Sequence[int]], responses: S
                 [len(p) for p in prompts], [len(x) for x in responses]), (len(responses), r - 1)))
         rest = model(input_ids=r_ids[:, :-1], attention_mask=attention, position_ids=positions,
                      past_key_values=cache, use_cache=True)
-        logits = torch.cat([logits, rest.logits], dim=1)
-    logp, entropy = token_logprobs(logits, r_ids, temperature, with_entropy)
+        rest_logp, rest_entropy = token_logprobs(rest.logits, r_ids[:, 1:], temperature, with_entropy)
+        logp = torch.cat([logp, rest_logp], dim=1)
+        entropy = torch.cat([entropy, rest_entropy], dim=1) if with_entropy else None
     return logp * r_mask, entropy, r_mask
 
 

@@ -2,6 +2,8 @@
 (:mod:`pipeline.config`) uses these very models as its sections, so nothing is copied field by field."""
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -39,6 +41,22 @@ class OptimSettings(OptimKnobs):
     total_steps: int | None = None  # with a total, the rate decays by cosine to 10% after warm-up
 
 
+log = logging.getLogger(__name__)
+
+# GSPO's clip range (Zheng et al. 2025) for the sequence ratio: a sequence-mean log-ratio moves far less than a
+# token's, so a token-level range (0.2) barely ever clips it.
+GSPO_CLIP = (3e-4, 4e-4)
+
+
+@functools.cache  # once per process and clip range: settings are validated again at every hop
+def _warn_far_from_gspo_clip(clip_low: float, clip_high: float) -> None:
+    """Log a warning when a clip bound is more than 10x away from GSPO's."""
+    if any(not ref / 10 <= got <= ref * 10 for got, ref in zip((clip_low, clip_high), GSPO_CLIP)):
+        log.warning("ratio_level=sequence with clip_low=%s, clip_high=%s: GSPO clips the sequence ratio at "
+                    "about %s / %s; a range >10x off barely clips (or always clips) it", clip_low, clip_high,
+                    *GSPO_CLIP)
+
+
 class GRPOLoss(_Settings):
     """The loss and update knobs of GRPO that a user sets (the RL sections of the config hold these)."""
 
@@ -46,7 +64,9 @@ class GRPOLoss(_Settings):
     clip_high: float = Field(0.28, ge=0, description="DAPO clip-higher")
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
     ratio_level: Literal["token", "sequence"] = Field("token", description="sequence = GSPO")
-    kl_coef: float = Field(0.0, ge=0, description="KL(policy || reference) in the loss; 0 = no reference model")
+    kl_coef: float = Field(0.0, ge=0, description="weight of the kl_kind penalty toward the reference in the "
+                           "loss (k3: the gradient of KL(reference || policy), k2: of KL(policy || reference), "
+                           "k1: none in expectation); 0 = no reference model")
     kl_kind: Literal["k1", "k2", "k3"] = "k3"
     entropy_coef: float = Field(0.0, ge=0)
     tis_cap: float | None = Field(2.0, gt=0, description="truncated importance sampling cap of the rollout/"
@@ -59,6 +79,20 @@ class GRPOLoss(_Settings):
                                  "used and every training forward that scores rollout tokens uses exactly those")
     routing_replay_reference: bool = Field(False, description="replay the rollout routing in the reference model "
                                            "too (off: the reference routes itself, as in the R3 paper and verl)")
+    routing_min_coverage: float = Field(0.9, ge=0, le=1, description="with routing_replay: an update whose batch "
+                                        "carries the engine's routing for less than this share of its (token, MoE "
+                                        "layer) pairs stops (an engine that returned no routing would make R3 a "
+                                        "silent no-op)")
+
+    @model_validator(mode="after")
+    def _sequence_ratio_is_gspo(self):
+        if self.ratio_level == "sequence":
+            if self.loss_agg != "seq-mean-token-mean":
+                raise ValueError(f"ratio_level=sequence with loss_agg={self.loss_agg}: GSPO averages over "
+                                 "sequences, set loss_agg=seq-mean-token-mean (a token mean weighs each row's "
+                                 "ratio by its length)")
+            _warn_far_from_gspo_clip(self.clip_low, self.clip_high)
+        return self
 
 
 class GRPOSettings(GRPOLoss):

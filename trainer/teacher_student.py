@@ -3,7 +3,8 @@
 Two objectives, one optimizer step per call:
 
 - :meth:`DistillTrainer.train_distill_sft`: teacher-forced SFT data (prompt + target tokens);
-  ``(1 - kl_weight) * CE + kl_weight * T^2 * KL(teacher || student)`` per target token, token-mean.
+  ``(1 - kl_weight) * CE + kl_weight * T^2 * KL(teacher || student)`` per target token, token-mean, plus with
+  ``distill.feature`` (:mod:`trainer.feature_distill`) ``weight x`` a hidden-state loss on the same tokens.
 - :meth:`DistillTrainer.train_on_policy`: the student's own samples (drawn elsewhere, by the rollout
   engine); per-token reverse ``KL(student || teacher)`` over the full vocabulary, token-mean (on-policy
   distillation, GKD with lambda = 1).
@@ -14,12 +15,14 @@ logits (49k wide for SmolLM2), far too much to ship between Ray actors, while it
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from .losses import token_kl
 from .devices import autocast_context
+from .feature_distill import FeatureProjection, FeatureSpec, hidden_state_loss, layer_pairs
 from .policy import Policy, PolicyTrainer, _chunks
 from .sequences import PaddedRows, token_logprobs
 from .settings import TrainerSettings
@@ -32,17 +35,34 @@ def response_logits(model, rows: PaddedRows) -> torch.Tensor:
     column ``P - 1 + t`` predicts response token ``t`` in every row, and ``logits_to_keep=R + 1`` keeps the
     prompt's logits from ever being materialised. Gradients flow unless the caller disables them.
     """
+    return response_outputs(model, rows)[0]
+
+
+def response_outputs(model, rows: PaddedRows, layers: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """:func:`response_logits` and, for each index of ``layers`` (into HF's ``hidden_states``: 0 = the
+    embeddings), that hidden state ``[B, R, H]`` at the same columns: the states that predict response token
+    ``t``. One forward pass; without ``layers`` no hidden states are asked for."""
     r = rows.response_width
     out = model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, position_ids=rows.position_ids,
-                logits_to_keep=r + 1, use_cache=False)
+                logits_to_keep=r + 1, use_cache=False, output_hidden_states=bool(layers))
     # The last kept column predicts the token after the response: nothing to compare it with.
-    return out.logits[:, :-1, :]
+    hidden = [out.hidden_states[i][:, -(r + 1):-1, :] for i in layers]
+    return out.logits[:, :-1, :], hidden
 
 
 class DistillTrainer(PolicyTrainer):
-    """A :class:`PolicyTrainer` (the student) with a frozen teacher next to it, for logit distillation."""
+    """A :class:`PolicyTrainer` (the student) with a frozen teacher next to it, for logit distillation and, with
+    ``feature`` (:class:`trainer.feature_distill.FeatureSpec` or its dict), feature distillation.
 
-    def __init__(self, model_dir: str, settings: TrainerSettings | None, teacher_dir: str) -> None:
+    The feature projection (student -> teacher width, when there is one) trains with the student: it is in the
+    optimizer (its own parameter group, same settings and schedule), counts in the clipped gradient norm, and
+    is saved with the trainer state (``feature_projection.pt`` of a checkpoint), never into the student's
+    model dir: :meth:`save_pretrained` and :meth:`inference_state_dict` stay the plain HF student."""
+
+    projection: FeatureProjection | None = None  # set before the optimizer is rebuilt to include it
+
+    def __init__(self, model_dir: str, settings: TrainerSettings | None, teacher_dir: str,
+                 feature: FeatureSpec | dict | None = None) -> None:
         super().__init__(model_dir, settings)
         self.teacher_dir = str(teacher_dir)
         # Checked from config + tokenizer before the teacher's weights are loaded (a teacher can be large).
@@ -53,25 +73,85 @@ class DistillTrainer(PolicyTrainer):
         with torch.random.fork_rng(devices=devices):
             # trainable=False: eval mode, requires_grad False, no LoRA / checkpointing even if the student has them.
             self.teacher = Policy(self.teacher_dir, self.settings)
+            self.feature = FeatureSpec.of(feature)
+            self.feature_pairs: list[tuple[int, int]] = []
+            if self.feature.active:
+                self._setup_feature_projection()
+
+    def _setup_feature_projection(self) -> None:
+        """Resolve the layer pairs against both models' depths; build the projection and an optimizer with it."""
+        s_cfg = self.model.config.get_text_config()
+        t_cfg = self.teacher.model.config.get_text_config()
+        self.feature_pairs = layer_pairs(self.feature.student_layers, self.feature.teacher_layers,
+                                         s_cfg.num_hidden_layers, t_cfg.num_hidden_layers)
+        self.projection = FeatureProjection(len(self.feature_pairs), s_cfg.hidden_size, t_cfg.hidden_size,
+                                            project=self.feature.project).to(self.device)
+        self._build_optimizer()  # (nothing trained yet: the optimizer has no state to lose)
+
+    def _build_optimizer(self) -> None:
+        super()._build_optimizer()
+        extra = list(self.projection.parameters()) if self.projection is not None else []
+        if extra:
+            self.optimizer.add_param_group({"params": extra})
+            # LambdaLR records each group's base lr when it is made: remake it so the new group follows the schedule.
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+
+    # ---- checkpoints: the projection is trainer state, not part of the exported student -------------------
+
+    def save_checkpoint(self, out_dir, state: dict | None = None) -> str:
+        """:meth:`PolicyTrainer.save_checkpoint` plus the feature projection's weights (its Adam moments are
+        in the optimizer state already)."""
+        out = super().save_checkpoint(out_dir, state)
+        if self.rank == 0 and self.projection is not None and not self.projection.is_identity:
+            torch.save(self.projection.state_dict(), f"{out}/feature_projection.pt")
+        return out
+
+    def load_checkpoint(self, ckpt_dir) -> None:
+        """:meth:`PolicyTrainer.load_checkpoint` plus the feature projection's weights."""
+        super().load_checkpoint(ckpt_dir)
+        if self.projection is not None and not self.projection.is_identity:
+            path = Path(ckpt_dir) / "feature_projection.pt"
+            if not path.is_file():
+                raise RuntimeError(f"checkpoint {ckpt_dir}: no feature_projection.pt, but distill.feature "
+                                   "trains a projection (a checkpoint of another config)")
+            self.projection.load_state_dict(torch.load(path, map_location=self.device))
 
     # ---- forward passes -----------------------------------------------------------------------------------
 
     def _student_logits(self, rows: PaddedRows) -> torch.Tensor:
+        return self._student_outputs(rows)[0]
+
+    def _student_outputs(self, rows: PaddedRows, layers: Sequence[int] = ()):
         with autocast_context(self.settings.precision, self.device):
-            return response_logits(self.model, rows)
+            return response_outputs(self.model, rows, layers)
+
+    def _teacher_logits(self, rows: PaddedRows) -> torch.Tensor:
+        return self._teacher_outputs(rows)[0]
 
     @torch.no_grad()
-    def _teacher_logits(self, rows: PaddedRows) -> torch.Tensor:
-        """The teacher's logits on the same rows: no graph (it is never trained), same precision as the student."""
+    def _teacher_outputs(self, rows: PaddedRows, layers: Sequence[int] = ()):
+        """The teacher's logits (and hidden states) on the same rows: no graph (it is never trained), same
+        precision as the student. The hidden states are copied out of the full-width tensors so that only the
+        response columns of the chosen layers outlive the call."""
         with autocast_context(self.settings.precision, self.device):
-            return response_logits(self.teacher.model, rows)
+            logits, hidden = response_outputs(self.teacher.model, rows, layers)
+        return logits, [h.contiguous() for h in hidden]
+
+    def _feature_loss(self, student_h: list[torch.Tensor], teacher_h: list[torch.Tensor],
+                      mask: torch.Tensor) -> torch.Tensor:
+        """Per-token ``[B, R]`` feature loss, the mean over the compared layers (0 at masked tokens)."""
+        total = 0.0
+        for k, (s, t) in enumerate(zip(student_h, teacher_h)):
+            total = total + hidden_state_loss(self.projection(s.float(), k), t, mask, self.feature.loss)
+        return total / len(student_h)
 
     # ---- teacher-forced distillation --------------------------------------------------------------------
 
     def train_distill_sft(self, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], *,
                           kl_weight: float, temperature: float = 1.0, micro_batch_size: int = 8
                           ) -> dict[str, float]:
-        """One optimizer step of ``(1 - kl_weight) * CE + kl_weight * temperature^2 * KL(teacher || student)``.
+        """One optimizer step of ``(1 - kl_weight) * CE + kl_weight * temperature^2 * KL(teacher || student)``
+        ``+ feature.weight * F``, F the feature loss (:mod:`trainer.feature_distill`; only with ``feature``).
 
         Per target token, token-mean over all targets of the batch (prompt tokens condition, never train),
         exactly as :meth:`PolicyTrainer.train_sft` weighs tokens: each micro-batch contributes its token sum
@@ -80,8 +160,11 @@ class DistillTrainer(PolicyTrainer):
         ``temperature``, times ``temperature^2`` (Hinton et al.: soft-target gradients shrink as 1/T^2).
         With ``kl_weight=0`` the gradient is :meth:`train_sft`'s.
 
+        F per target token is the mean over the compared layers of the hidden-state loss, token-mean like CE.
+
         Metrics: ``loss`` (the objective), ``ce``, ``kl`` (the KL at ``temperature``, without the T^2
-        factor), ``grad_norm``, ``tokens``, ``lr``, ``train_seconds``.
+        factor), ``feature`` (F, unweighted; with ``feature`` only), ``grad_norm``, ``tokens``, ``lr``,
+        ``train_seconds``.
         """
         if not 0.0 <= kl_weight <= 1.0:
             raise ValueError(f"kl_weight={kl_weight!r}: must be in [0, 1]")
@@ -93,12 +176,16 @@ class DistillTrainer(PolicyTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         total_tokens = sum(len(t) for t in targets)
         sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
+        features = self.feature.active
+        if features:
+            sums["feature"] = 0.0
+        s_layers, t_layers = [s for s, _ in self.feature_pairs], [t for _, t in self.feature_pairs]
         for micro in _chunks(list(range(len(prompts))), micro_batch_size):
             rows = self._rows([prompts[i] for i in micro], [targets[i] for i in micro])
             mask = rows.response_mask.bool()
             # The teacher runs even at kl_weight=0: the KL is still worth logging, and a no-grad pass is cheap.
-            teacher_logits = self._teacher_logits(rows)
-            student_logits = self._student_logits(rows)
+            teacher_logits, teacher_h = self._teacher_outputs(rows, t_layers)
+            student_logits, student_h = self._student_outputs(rows, s_layers)
             logp, _ = token_logprobs(student_logits, rows.response_ids, 1.0, False)
             ce = torch.where(mask, -logp, 0.0).sum()
             kl = token_kl(student_logits, teacher_logits, mask, direction="forward", temperature=temperature).sum()
@@ -108,10 +195,15 @@ class DistillTrainer(PolicyTrainer):
                 loss = loss + (1.0 - kl_weight) * ce
             if kl_weight > 0.0:
                 loss = loss + kl_weight * temperature ** 2 * kl
+            if features:
+                feature = self._feature_loss(student_h, teacher_h, mask).sum()
+                loss = loss + self.feature.weight * feature
+                sums["feature"] += float(feature.detach())
             (loss / max(total_tokens, 1)).backward()
             for key, value in (("loss", loss), ("ce", ce), ("kl", kl)):
                 sums[key] += float(value.detach())
-            del teacher_logits, student_logits  # [rows, len, vocab] each: free them before the next micro-batch
+            # [rows, len, vocab] logits and the hidden states: free them before the next micro-batch
+            del teacher_logits, student_logits, teacher_h, student_h
         grad_norm = float(self._optimizer_step())
         out = {k: v / max(total_tokens, 1) for k, v in sums.items()}
         out.update(grad_norm=grad_norm, tokens=float(total_tokens), lr=self.scheduler.get_last_lr()[0],
