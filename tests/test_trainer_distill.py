@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import teacher_forced_logprobs
+from helpers import teacher_forced_logprobs, tiny_llama_variant
 from trainer.teacher_student import DistillTrainer, response_logits
 from trainer.losses import token_kl
 from trainer.policy import PolicyTrainer
@@ -158,26 +158,10 @@ def test_token_kl_rejects_bad_arguments():
 
 # ---- DistillTrainer ------------------------------------------------------------------------------------------
 
-def _tiny_variant(tmp_path_factory, tiny_model_dir, name, *, seed=1, **overrides):
-    """A tiny Llama like the fixture's with other random weights (and any config overrides)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig.from_pretrained(tiny_model_dir)
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    out = tmp_path_factory.mktemp(name)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
-    return str(out)
-
-
 @pytest.fixture(scope="module")
 def other_teacher_dir(tmp_path_factory, tiny_model_dir):
     """Same architecture and vocabulary as ``tiny_model_dir``, different random weights."""
-    return _tiny_variant(tmp_path_factory, tiny_model_dir, "tiny-teacher", seed=1)
+    return tiny_llama_variant(tmp_path_factory, tiny_model_dir, "tiny-teacher", seed=1)
 
 
 def _capture_grads(trainer):
@@ -324,7 +308,7 @@ def test_bf16_autocast_runs(tiny_model_dir, other_teacher_dir):
 def test_mismatched_vocabulary_raises(tmp_path_factory, tiny_model_dir):
     from transformers import AutoTokenizer
 
-    wide = _tiny_variant(tmp_path_factory, tiny_model_dir, "tiny-wide-vocab",
+    wide = tiny_llama_variant(tmp_path_factory, tiny_model_dir, "tiny-wide-vocab",
                          vocab_size=len(AutoTokenizer.from_pretrained(tiny_model_dir)) + 64)
     with pytest.raises(ValueError, match="distill.teacher.*share a vocabulary"):
         DistillTrainer(tiny_model_dir, _settings(), wide)

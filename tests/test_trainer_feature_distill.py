@@ -6,6 +6,8 @@ import math
 import pytest
 import torch
 
+from helpers import tiny_llama_variant
+
 from trainer.feature_distill import (FeatureProjection, FeatureSpec, hidden_state_loss, layer_pairs,
                                      proportional_layers)
 from trainer.policy import PolicyTrainer
@@ -20,32 +22,16 @@ def _settings(lr=1e-2, precision="fp32", eps=1e-8):
     return TrainerSettings(precision=precision, optim=OptimSettings(lr=lr, eps=eps))
 
 
-def _tiny(tmp_path_factory, tiny_model_dir, name, *, seed=1, **overrides):
-    """A tiny Llama like the fixture's (same tokenizer) with other random weights and any config overrides."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig.from_pretrained(tiny_model_dir)
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    out = tmp_path_factory.mktemp(name)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
-    return str(out)
-
-
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory, tiny_model_dir):
     """Same shape and vocabulary as the student (2 layers, width 32), other weights."""
-    return _tiny(tmp_path_factory, tiny_model_dir, "feat-teacher", seed=1)
+    return tiny_llama_variant(tmp_path_factory, tiny_model_dir, "feat-teacher", seed=1)
 
 
 @pytest.fixture(scope="module")
 def wide_teacher_dir(tmp_path_factory, tiny_model_dir):
     """A wider, deeper teacher: 3 layers of width 48 (same vocabulary): the student needs a projection."""
-    return _tiny(tmp_path_factory, tiny_model_dir, "feat-wide-teacher", seed=2, hidden_size=48,
+    return tiny_llama_variant(tmp_path_factory, tiny_model_dir, "feat-wide-teacher", seed=2, hidden_size=48,
                  intermediate_size=96, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                  head_dim=12)
 
