@@ -27,3 +27,16 @@ def tiny_llama_variant(tmp_path_factory, tiny_model_dir, name, *, seed=1, **over
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
     return str(out)
+
+
+def capture_step_gradients(trainer) -> list[dict]:
+    """Record, in the returned list, the gradients each optimizer step of ``trainer`` is about to apply."""
+    seen = []
+    original = trainer._optimizer_step
+
+    def step():
+        seen.append({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+        return original()
+
+    trainer._optimizer_step = step
+    return seen

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import teacher_forced_logprobs, tiny_llama_variant
+from helpers import capture_step_gradients, teacher_forced_logprobs, tiny_llama_variant
 from trainer.teacher_student import DistillTrainer, response_logits
 from trainer.losses import token_kl
 from trainer.policy import PolicyTrainer
@@ -164,19 +164,6 @@ def other_teacher_dir(tmp_path_factory, tiny_model_dir):
     return tiny_llama_variant(tmp_path_factory, tiny_model_dir, "tiny-teacher", seed=1)
 
 
-def _capture_grads(trainer):
-    """Record the gradients each optimizer step is about to apply."""
-    seen = []
-    original = trainer._optimizer_step
-
-    def step():
-        seen.append({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
-        return original()
-
-    trainer._optimizer_step = step
-    return seen
-
-
 def test_response_logits_align_with_response_tokens(tiny_model_dir):
     trainer = DistillTrainer(tiny_model_dir, _settings(), tiny_model_dir)
     rows = trainer._rows(PROMPTS, TARGETS)
@@ -214,7 +201,7 @@ def test_teacher_equal_to_student_gives_zero_kl_and_stays_frozen(tiny_model_dir)
 def test_kl_weight_zero_is_train_sft(tiny_model_dir, other_teacher_dir):
     sft = PolicyTrainer(tiny_model_dir, _settings())
     distill = DistillTrainer(tiny_model_dir, _settings(), other_teacher_dir)
-    sft_grads, distill_grads = _capture_grads(sft), _capture_grads(distill)
+    sft_grads, distill_grads = capture_step_gradients(sft), capture_step_gradients(distill)
     want = sft.train_sft(PROMPTS, TARGETS, micro_batch_size=2)
     got = distill.train_distill_sft(PROMPTS, TARGETS, kl_weight=0.0, micro_batch_size=2)
     assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)
@@ -237,7 +224,7 @@ def test_micro_batch_size_does_not_change_the_step(tiny_model_dir, other_teacher
             trainer = DistillTrainer(tiny_model_dir, TrainerSettings(precision="fp32",
                                                                      optim=OptimSettings(lr=1e-2, eps=1e-3)),
                                      other_teacher_dir)
-            seen = _capture_grads(trainer)
+            seen = capture_step_gradients(trainer)
             if train == "distill_sft":
                 metrics.append(trainer.train_distill_sft(PROMPTS, TARGETS, kl_weight=0.7, temperature=1.5,
                                                          micro_batch_size=mbs))
@@ -285,7 +272,7 @@ def test_distill_sft_t_squared_keeps_the_kl_gradient_across_temperatures(tiny_mo
     runs = {}
     for t in (1.0, 4.0):
         trainer = DistillTrainer(tiny_model_dir, _settings(), other_teacher_dir)
-        seen = _capture_grads(trainer)
+        seen = capture_step_gradients(trainer)
         runs[t] = (trainer.train_distill_sft(PROMPTS, TARGETS, kl_weight=1.0, temperature=t), seen[0])
     (cold, cold_grads), (hot, hot_grads) = runs[1.0], runs[4.0]
     assert cold["kl"] > 1e-3

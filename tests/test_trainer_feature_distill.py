@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from helpers import tiny_llama_variant
+from helpers import capture_step_gradients, tiny_llama_variant
 
 from trainer.feature_distill import (FeatureProjection, FeatureSpec, hidden_state_loss, layer_pairs,
                                      proportional_layers)
@@ -204,7 +204,7 @@ def test_feature_step_gradient_is_ce_plus_weight_times_the_reference_feature_gra
 
     weight = 0.7
     sft = PolicyTrainer(tiny_model_dir, _settings())
-    ce_grads = _capture_grads_plain(sft)
+    ce_grads = capture_step_gradients(sft)
     sft.train_sft(PROMPTS, TARGETS, micro_batch_size=2)
     trainer = DistillTrainer(tiny_model_dir, _settings(), teacher_dir, _feature(weight, kind, layers=(0, 1, 2),
                                                                                teacher_layers=[2, 1, 2]))
@@ -222,18 +222,6 @@ def test_feature_step_gradient_is_ce_plus_weight_times_the_reference_feature_gra
     for name, p in student.named_parameters():
         want = ce_grads[0][name] + weight * (p.grad if p.grad is not None else torch.zeros_like(p))
         torch.testing.assert_close(seen[0][name], want, atol=1e-6, rtol=1e-4, msg=name)
-
-
-def _capture_grads_plain(trainer):
-    seen = []
-    original = trainer._optimizer_step
-
-    def step():
-        seen.append({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
-        return original()
-
-    trainer._optimizer_step = step
-    return seen
 
 
 def test_feature_weight_changes_the_step_and_steps_reduce_the_feature_loss(tiny_model_dir, teacher_dir):
