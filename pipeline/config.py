@@ -353,6 +353,15 @@ class RecipeConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _replay_has_a_capture(self) -> "RecipeConfig":
+        # Refused at load, not at the first update after a minute of rollouts: nothing would be replayed.
+        for name in ("rl", "general_rl"):
+            if getattr(self, name).routing_replay and self.rollout.routing_capture is False:
+                raise ValueError(f"{name}.routing_replay=true with rollout.routing_capture=false: the engine would "
+                                 "record no routing to replay; drop the capture override (it follows the replay)")
+        return self
+
+    @model_validator(mode="after")
     def _rl_sampling(self) -> "RecipeConfig":
         for name in ("rl", "general_rl"):
             section = getattr(self, name)

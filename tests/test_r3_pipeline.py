@@ -16,8 +16,14 @@ def test_engines_capture_only_when_a_stage_replays_or_it_is_asked():
     assert engine_options(load_config("configs/quickstart-moe.yaml", []))["routing_capture"] is True
     cfg = load_config("configs/quickstart.yaml", ["general_rl.routing_replay=true"])
     assert engine_options(cfg)["routing_capture"] is True
-    cfg = load_config("configs/quickstart-moe.yaml", ["rollout.routing_capture=false"])
+    cfg = load_config("configs/quickstart-moe.yaml", ["rollout.routing_capture=false", "rl.routing_replay=false"])
     assert engine_options(cfg)["routing_capture"] is False
+
+
+def test_replay_with_the_capture_turned_off_is_refused_at_load_in_one_line():
+    with pytest.raises(ValueError, match="rl.routing_replay=true with rollout.routing_capture=false") as err:
+        load_config("configs/quickstart-moe.yaml", ["rollout.routing_capture=false"])
+    assert "\n" not in str(err.value).strip()
 
 
 def test_the_moe_config_replays_in_eager_mode_and_stops_after_reasoning_rl():
