@@ -56,14 +56,18 @@ class RolloutWorker:
         """Load one broadcast of the trainer's weights; returns seconds taken."""
         return self._engine_method("receive_weights")(specs, dtype)
 
+    def receive_ipc(self, bucket: dict, last: bool = False) -> float:
+        """Load one bucket shared by CUDA IPC handle (``cluster.weight_sync: ipc``); returns seconds taken."""
+        return self._engine_method("receive_ipc")(bucket, last)
+
     def sleep(self) -> bool:
         """Free the engine's GPU memory for a colocated trainer (False where the engine cannot)."""
         return bool(getattr(self.engine, "sleep", lambda: False)())
 
     def _engine_method(self, name: str):
         if not hasattr(self.engine, name):
-            raise ValueError(f"{type(self.engine).__name__} has no {name} (cluster.weight_sync=broadcast needs "
-                             "rollout.engine=vllm on GPU, or hf)")
+            raise ValueError(f"{type(self.engine).__name__} has no {name} (cluster.weight_sync=broadcast or ipc "
+                             "needs rollout.engine=vllm on GPU; broadcast also runs on hf)")
         return getattr(self.engine, name)
 
     def set_routing_capture(self, on: bool) -> int:

@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", help="runs/<name>")
     rep.add_argument("--out", help="output dir (default: <run_dir>/report)")
 
+    ex = sub.add_parser("export", help="an HF model dir (what vLLM and transformers load) from a trainer checkpoint "
+                                       "(runs/<name>/<stage>/checkpoints/step_N): checkpoints hold sharded DCP state")
+    ex.add_argument("checkpoint", help="the checkpoint folder, e.g. runs/q/reasoning_rl/checkpoints/step_00004")
+    ex.add_argument("out", help="the HF model dir to write")
+    ex.add_argument("--model", help="the model the stage started from, if it moved (default: the one the "
+                                    "checkpoint names)")
+
     cl = sub.add_parser("clean", help="remove a run's superseded stage folders (runs/<name>/superseded/, what a "
                                       "config change moved aside); never a live stage folder")
     cl.add_argument("run_dir", nargs="?", help="runs/<name> (default: the config's run dir)")
@@ -139,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "clean":
             return _clean(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "jobs":
             from .submit import jobs
 
@@ -350,6 +359,14 @@ def _clean(args) -> int:
     total = sum(size for _, size in removed)
     print(f"{'would free' if args.dry_run else 'freed'} {human_bytes(total)} ({total} bytes) in {len(removed)} "
           f"superseded folder(s) of {run_dir}" if removed else f"nothing to clean: {run_dir} has no superseded folders")
+    return 0
+
+
+def _export(args) -> int:
+    """`r1 export CKPT OUT`: the checkpoint's weights as an HF model dir (one process; any world size's shards)."""
+    from trainer.checkpoint_export import export_checkpoint
+
+    print(f"exported {args.checkpoint} -> {export_checkpoint(args.checkpoint, args.out, model_dir=args.model)}")
     return 0
 
 

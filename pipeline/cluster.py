@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .config import RecipeConfig
-from .placement import default_threads
+from .placement import default_threads, node_threads
 from .faults import configured_faults, with_faults
 from stages.supervision import (DEFAULT_TIMEOUT_S, ActorTimeout, Group, Member, RestartsExhausted, Role, TrainerDied,
                           as_group, timeout_message, wait)
@@ -108,7 +108,7 @@ class RLActors:
     max_restarts: int = 0
     trainer_factory: Callable[[], Any] | None = None
     trainer_restarts: int = 0
-    broadcast: Any = None  # pipeline.weight_sync.BroadcastSync, when cluster.weight_sync is broadcast
+    broadcast: Any = None  # the GPU sync route (pipeline.weight_sync: broadcast or ipc); None: object store
     sleep_engines: bool = False  # colocated on GPUs: engines free their memory while the trainer trains
 
     @property
@@ -216,7 +216,7 @@ def trainer_settings(cfg: RecipeConfig, total_optimizer_steps: int | None = None
     lora = LoraSettings(**t.lora.model_dump(exclude={"enabled"})) if t.lora.enabled else None
     total = total_optimizer_steps if knobs.schedule == "cosine" else None
     return TrainerSettings(**t.model_dump(include=set(TrainerKnobs.model_fields)), lora=lora,
-                           optim=OptimSettings(**knobs.model_dump(), total_steps=total), threads=default_threads(cfg),
+                           optim=OptimSettings(**knobs.model_dump(), total_steps=total), threads=cfg.cluster.threads,
                            seed=cfg.run.seed)
 
 
@@ -241,7 +241,7 @@ def start_trainer(cfg: RecipeConfig, model_dir: str, settings, cls=None, *args):
         log.warning("%s trains on one worker: cluster.trainer_workers=%d applies to the policy stages",
                     cls.__name__, cfg.cluster.trainer_workers)
     connect(cfg)
-    options = actor_options(cfg, "trainer", 0, threads=default_threads(cfg), allocator=cfg.cluster.allocator)
+    options = actor_options(cfg, "trainer", 0, threads=node_threads(cfg, "trainer", 0), allocator=cfg.cluster.allocator)
     return ray.remote(cls).options(**options).remote(model_dir, settings, *args)
 
 
@@ -269,10 +269,11 @@ def _new_rollout(cfg: RecipeConfig, model_dir: str, *, wait: bool):
     from stages.rollout_pool import supervised_pool
 
     connect(cfg)
-    c, threads = cfg.cluster, default_threads(cfg)
+    c = cfg.cluster
     cls = ray.remote(with_faults(RolloutWorker, "rollout", configured_faults(c), fault_dir(cfg)))
 
     def start(index: int, model: str):
+        threads = node_threads(cfg, "rollout", index)  # from the engine's own node
         options = actor_options(cfg, "rollout", index, threads=threads, allocator=c.allocator)
         return cls.options(**options).remote(cfg.rollout.engine, model, engine_options(cfg), threads)
 
@@ -379,10 +380,10 @@ def build_rl_actors(cfg: RecipeConfig, model_dir: str, *, prefilled_think: bool,
 
     from .actors import RewardWorker
     from .placement import actor_options, colocated_on_gpus
-    from .weight_sync import BroadcastSync, weight_sync_mode
+    from .weight_sync import sync_route
 
     connect(cfg)
-    c, threads = cfg.cluster, default_threads(cfg)
+    c = cfg.cluster
     faults, markers = configured_faults(c), fault_dir(cfg)
     settings = rl_trainer_settings(cfg, section, total_optimizer_steps)
     trainer_cls = with_faults(PolicyTrainer, "trainer", faults, markers)
@@ -393,7 +394,7 @@ def build_rl_actors(cfg: RecipeConfig, model_dir: str, *, prefilled_think: bool,
 
     def start_reward(index: int):
         return reward_cls.options(**actor_options(cfg, "reward", index, threads=1)).remote(
-            items, prefilled_think, threads, plugins=cfg.rewards.plugins, fail_after=cfg.rewards.fail_after)
+            items, prefilled_think, node_threads(cfg, "reward", index), plugins=cfg.rewards.plugins, fail_after=cfg.rewards.fail_after)
 
     reward_role = Role("reward worker", factory=start_reward, timeout_s=c.timeout_s, max_restarts=c.max_restarts)
     reward_group = Group([Member(reward_role, i, start_reward(i)) for i in range(c.reward_workers)])
@@ -406,7 +407,8 @@ def build_rl_actors(cfg: RecipeConfig, model_dir: str, *, prefilled_think: bool,
             reference_cls = ray.remote(with_faults(Policy, "reference", faults, markers))
 
             def start_reference(index: int):
-                options = actor_options(cfg, "reference", index, threads=threads, allocator=c.allocator)
+                options = actor_options(cfg, "reference", index, threads=node_threads(cfg, "reference", index),
+                                        allocator=c.allocator)
                 return reference_cls.options(**options).remote(model_dir, ref_settings)
 
             role = Role("reference", factory=start_reference, timeout_s=c.timeout_s, max_restarts=c.max_restarts)
@@ -414,10 +416,7 @@ def build_rl_actors(cfg: RecipeConfig, model_dir: str, *, prefilled_think: bool,
     actors = RLActors(rollout=rollout, trainer=trainer, rewards=reward_group, reference=reference,
                       reference_is_trainer=ref_is_trainer, timeout_s=c.timeout_s, max_restarts=c.max_restarts,
                       trainer_factory=lambda: start_trainer(cfg, model_dir, settings, trainer_cls))
-    if weight_sync_mode(cfg) == "broadcast":
-        backend = "nccl" if c.rollout.num_gpus > 0 else "gloo"
-        actors.broadcast = rollout.broadcast = BroadcastSync(actors, backend=backend, dtype=engine_dtype(cfg),
-                                                             tensor_parallel=cfg.rollout.tensor_parallel_size)
+    actors.broadcast = sync_route(cfg, actors, rollout, engine_dtype(cfg))  # None: the object store
     actors.sleep_engines = colocated_on_gpus(cfg)
     # Surface a failing constructor (bad model dir, out of memory) here, as the error it is.
     rollout.ready()

@@ -47,6 +47,11 @@ class RolloutConfig(SamplingKnobs):
     tensor_parallel_size: int = Field(1, ge=1)
     routing_capture: bool | None = Field(None, description="MoE models: record the experts each token used (R3). "
                                          "null = on when an RL stage sets routing_replay")
+    enable_prefix_caching: bool = Field(True, description="vLLM's prefix cache (a group's samples share their "
+                                        "prompt's KV); R3 on GPU needs it")
+    sleep_level: Literal[1, 2] = Field(1, description="engines colocated with the trainer on GPUs sleep while it "
+                                       "trains: 1 offloads their weights to CPU RAM, 2 drops them (the weight sync "
+                                       "after every sleep reloads them; no host copy)")
 
 
 class ResourceSpec(_Strict):
@@ -66,7 +71,9 @@ class JobConfig(_Strict):
         "same path; the entrypoint runs job.python); pyproject: Ray builds a pip env from pyproject.toml per node")
     python: str | None = Field(None, description="interpreter of the project's environment on the nodes (default: "
                                "the submitting interpreter's path, i.e. the same layout on every node)")
-    env_vars: dict[str, str] = Field(default_factory=dict, description="extra environment of the job and its actors")
+    env_vars: dict[str, str] = Field(default_factory=dict, description="environment of the job and its actors, "
+                                     "e.g. the cluster's cache paths {HF_HOME: /shared/hf, R1_CACHE: /shared/r1} (the "
+                                     "submitter's own HF_HOME / R1_CACHE are never forwarded)")
     pip: list[str] = Field(default_factory=list, description="extra pip requirements (environment: pyproject)")
     excludes: list[str] = Field(default_factory=list, description="more working-dir paths to leave out")
     py_modules: list[str] = Field(default_factory=list, description="local module files or package folders shipped "
@@ -98,9 +105,10 @@ class ClusterConfig(_Strict):
     colocate: list[Literal["rollout", "trainer", "reference"]] = Field(
         default_factory=list, description="roles that share bundles (the same GPUs, time-shared): bundle i holds "
         "trainer worker i, rollout engine i and reference i; [] places each role in its own placement group")
-    weight_sync: Literal["auto", "object_store", "broadcast"] = Field(
+    weight_sync: Literal["auto", "object_store", "broadcast", "ipc"] = Field(
         "auto", description="trainer -> engines after each update: object_store (fp32 arrays via Ray's object "
-        "store; CPU), broadcast (NCCL broadcast in the engines' dtype; GPU), auto: broadcast on GPU engines")
+        "store; CPU), broadcast (NCCL broadcast in the engines' dtype; engines on their own GPUs), ipc (CUDA IPC "
+        "handles; engines colocated on the trainer's GPUs), auto: ipc or broadcast on GPU engines by the layout")
     timeout_s: float = Field(3600.0, gt=0, description="longest wait for one actor call (and for a collective of "
                              "the trainer group) before the run stops with a message naming the actor and call")
     max_restarts: int = Field(3, ge=0, description="times a dead rollout, reward or reference actor is replaced "
@@ -347,7 +355,7 @@ class RecipeConfig(_Strict):
     def _engine_fits_its_gpus(self) -> "RecipeConfig":
         # A tensor-parallel engine runs its shards in its actor's own GPUs: it must be given exactly that many.
         gpus, tp = self.cluster.rollout.num_gpus, self.rollout.tensor_parallel_size
-        if gpus >= 1 and tp != gpus:
+        if (gpus >= 1 or (gpus > 0 and tp > 1)) and tp != gpus:  # a share of one GPU holds one shard
             raise ValueError(f"rollout.tensor_parallel_size={tp} with cluster.rollout.num_gpus={gpus:g}: a rollout "
                              "engine's actor holds the GPUs its tensor-parallel shards run on; make them equal")
         return self
@@ -359,6 +367,12 @@ class RecipeConfig(_Strict):
             if getattr(self, name).routing_replay and self.rollout.routing_capture is False:
                 raise ValueError(f"{name}.routing_replay=true with rollout.routing_capture=false: the engine would "
                                  "record no routing to replay; drop the capture override (it follows the replay)")
+        capture = self.rollout.routing_capture or (self.rollout.routing_capture is None and
+                                                   (self.rl.routing_replay or self.general_rl.routing_replay))
+        if capture and self.cluster.rollout.num_gpus > 0 and not self.rollout.enable_prefix_caching:
+            # vLLM keeps the routed experts with the prefix cache's blocks (rollout/vllm_options.py checks the rest)
+            raise ValueError("rollout.routing_capture (rl.routing_replay) on GPU engines needs "
+                             "rollout.enable_prefix_caching=true: vLLM stores the routed experts with its blocks")
         return self
 
     @model_validator(mode="after")

@@ -21,7 +21,8 @@ def engine_options(cfg: RecipeConfig) -> dict:
             "max_model_len": r.max_model_len, "max_num_seqs": r.max_num_seqs, "seed": cfg.run.seed,
             "enforce_eager": r.enforce_eager, "tensor_parallel_size": r.tensor_parallel_size,
             "kv_cache_gb": r.kv_cache_gb, "routing_capture": routing_capture(cfg),
-            "sleep_mode": colocated_on_gpus(cfg)}
+            "sleep_mode": colocated_on_gpus(cfg), "sleep_level": r.sleep_level,
+            "enable_prefix_caching": r.enable_prefix_caching}
 
 
 def routing_capture(cfg: RecipeConfig) -> bool:

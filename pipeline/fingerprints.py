@@ -23,7 +23,7 @@ from .config import RecipeConfig
 # without per-request seeds, a different batch can hand a sequence different random draws: same
 # distribution, so nothing re-runs.) Every other rollout field counts, new ones included.
 CAPACITY_KNOBS = frozenset({"max_num_seqs", "kv_cache_gb", "enforce_eager", "gpu_memory_utilization",
-                            "tensor_parallel_size"})
+                            "tensor_parallel_size", "sleep_level", "enable_prefix_caching"})
 
 # Settings that stop a run or say where to log, never change a finished stage's outputs.
 _NO_EFFECT = ("rewards.fail_after",)

@@ -9,11 +9,17 @@ split between them and time-shared), which is how a colocated run puts the engin
 
 Groups are made once per driver process and kept for the run: the stages of `r1 run` kill and start actors,
 but the reserved bundles stay, so a later stage never waits for resources an earlier one gave back.
+
+Once a group of actors that use the run dir is placed, a layout that spans nodes has its run dir checked for
+being shared (:mod:`pipeline.shared_dir`); each actor's threads come from its own node (:func:`node_threads`).
 """
 from __future__ import annotations
 
 import logging
 from typing import Any
+
+from .shared_dir import RUN_DIR_ROLES, check_run_dir
+from .shared_dir import forget as forget_nodes
 
 log = logging.getLogger("r1.placement")
 
@@ -24,10 +30,60 @@ _groups: dict[tuple, Any] = {}  # (roles, bundles, strategy) -> PlacementGroup, 
 
 
 def default_threads(cfg) -> int:
-    """torch / OpenMP threads per actor: ``cluster.threads``, default every core (phases alternate)."""
+    """torch / OpenMP threads of an actor on the driver's machine: ``cluster.threads``, default every core (phases
+    alternate). Actors placed on a cluster get theirs from their own node: :func:`node_threads`."""
     import os
 
     return cfg.cluster.threads or os.cpu_count() or 1
+
+
+def threads_for(node_cpus: int, actors_on_node: int) -> int:
+    """Threads of one actor: its node's CPUs split between the actors of its role there (they work at once;
+    the roles' phases alternate, so other roles' actors on the node do not count)."""
+    return max(1, int(node_cpus) // max(1, actors_on_node))
+
+
+def node_threads(cfg, role: str, index: int = 0) -> int:
+    """torch / OpenMP threads of actor ``index`` of ``role``: ``cluster.threads`` if set, else
+    :func:`threads_for` its node's CPUs (:func:`node_cpus`) and the actors of ``role`` placed on that node."""
+    if cfg.cluster.threads:
+        return cfg.cluster.threads
+    nodes = bundle_nodes(placement_group_for(cfg, role))
+    count = role_count(cfg.cluster, role)  # actor i of a role is bundle i, colocated or not
+    mine = nodes[index]
+    return threads_for(node_cpus(mine), sum(1 for i in range(count) if nodes[i] == mine))
+
+
+def bundle_nodes(pg) -> list[str]:
+    """The node id of each bundle of a placed group, in bundle order."""
+    import ray
+
+    where = ray.util.placement_group_table(pg)["bundles_to_node_id"]
+    return [where[i] for i in range(len(where))]
+
+
+_node_cpus: dict[str, int] = {}  # node id -> CPUs, probed once per driver process
+
+
+def _cpu_count() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+def node_cpus(node_id: str) -> int:
+    """A node's CPUs: the fewer of its Ray CPU resource (what its operator offered) and its cores (a task run
+    there counts them: a local cluster may offer more logical CPUs than the machine has)."""
+    if node_id not in _node_cpus:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        offered = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == node_id), 0)
+        counter = ray.remote(num_cpus=0, max_retries=0)(_cpu_count)
+        cores = ray.get(counter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
+                        .remote(), timeout=PLACEMENT_WAIT_S)
+        _node_cpus[node_id] = max(1, min(int(offered) or cores, cores))
+    return _node_cpus[node_id]
 
 
 def role_count(cluster, role: str) -> int:
@@ -91,6 +147,12 @@ def placement_group_for(cfg, role: str):
                            f"{_available()} (check cluster.{role}.num_gpus / resources and the nodes' resources)")
     log.info("placement group %s: %d x %s (%s)", name, len(bundles), bundles[0], cfg.cluster.strategy)
     _groups[key] = pg
+    if set(roles) & set(RUN_DIR_ROLES):  # actors on other nodes than the driver need a shared run dir
+        try:
+            check_run_dir(cfg.run_dir(), bundle_nodes(pg))
+        except BaseException:
+            ray.util.remove_placement_group(_groups.pop(key))
+            raise
     return pg
 
 
@@ -129,6 +191,7 @@ def release_placement() -> None:
     """Remove this process's placement groups (their actors end with them); a new run makes its own."""
     import ray
 
+    forget_nodes()
     if not ray.is_initialized():  # the session that held them is gone (and a Ray call here would start one)
         _groups.clear()
         return

@@ -48,7 +48,7 @@ def run_reward_model(cfg: RecipeConfig, *, out: str | None = None) -> dict:
     from trainer.model_io import resolve_model
     from trainer.bradley_terry import RewardModelSettings, RewardModelTrainer, tokenize_pair
 
-    from .cluster import default_threads, start_trainer
+    from .cluster import start_trainer
     from .tracking import MetricsLogger
 
     c = cfg.reward_model
@@ -74,7 +74,8 @@ def run_reward_model(cfg: RecipeConfig, *, out: str | None = None) -> dict:
                                    batch_size=c.batch_size, micro_batch_size=cfg.trainer.micro_batch_size,
                                    epochs=c.epochs, max_length=c.max_length, precision=cfg.trainer.precision,
                                    seed=cfg.run.seed,
-                                   threads=default_threads(cfg))
+                                   # None: torch follows the actor's OMP_NUM_THREADS, set from its own node
+                                   threads=cfg.cluster.threads)
     trainer = start_trainer(cfg, model_dir, settings, cls=RewardModelTrainer)
     logger = MetricsLogger(out_dir, tensorboard=cfg.logging.tensorboard, run_name=f"{cfg.run.name}-reward-model")
     logger.truncate_after(-1)  # a short stage: a rerun starts over, without the old lines

@@ -95,13 +95,13 @@ def pyproject_requirements(root: Path = ROOT, extra: str | None = None) -> list[
 
 
 def job_runtime_env(cfg, root: Path = ROOT) -> dict:
-    """The job's runtime env: the working dir (minus what never travels), the config's env vars and, for
+    """The job's runtime env: the working dir (minus what never travels), the config's env vars
+    (``cluster.job.env_vars``, the cluster's paths; never the submitter's own environment) and, for
     ``cluster.job.environment: pyproject``, pip requirements built from ``pyproject.toml``."""
     job = cfg.cluster.job
+    # Only the cluster's own paths (cluster.job.env_vars): the submitter's HF_HOME / R1_CACHE name folders on the
+    # submitting machine, which the nodes may not have (their defaults apply unless the config says otherwise).
     env_vars = {"PYTHONUNBUFFERED": "1", **job.env_vars}
-    for key in ("R1_CACHE", "HF_HOME", "HF_HUB_OFFLINE"):  # the caches the submitter uses, when set
-        if key in os.environ and key not in env_vars:
-            env_vars[key] = os.environ[key]
     runtime_env: dict = {"working_dir": str(root), "excludes": WORKING_DIR_EXCLUDES + list(job.excludes),
                          "env_vars": env_vars}
     py_modules = shipped_modules(cfg, root)
@@ -115,6 +115,16 @@ def job_runtime_env(cfg, root: Path = ROOT) -> dict:
         raise SubmitError("cluster.job.pip is for cluster.job.environment=pyproject (an existing environment is "
                           "used as it is)")
     return runtime_env
+
+
+# Environment variables that name this machine's folders (model caches): the nodes have their own.
+LOCAL_PATH_VARS = ("R1_CACHE", "HF_HOME")
+
+
+def unforwarded_paths(cfg, environ=os.environ) -> list[str]:
+    """The submitter's cache variables (:data:`LOCAL_PATH_VARS`) that the job does not get, because
+    ``cluster.job.env_vars`` does not set them: the nodes use their own defaults for those."""
+    return [k for k in LOCAL_PATH_VARS if environ.get(k) and k not in cfg.cluster.job.env_vars]
 
 
 # ---- users' modules: what the config names, shipped with the job ---------------------------------------------
@@ -274,6 +284,9 @@ def submit(cfg, job: list[str], config: str | None, *, address: str | None = Non
     print(f"submitted job {job_id}: r1 {' '.join(args)}", file=out)
     print(f"run dir: {output_dir}/{cfg.run.name} (every node writes here: a shared filesystem on a multi-node "
           f"cluster, see docs/cluster.md)", file=out)
+    for key in unforwarded_paths(cfg):
+        print(f"note: {key}={os.environ[key]} is this machine's, not forwarded: the nodes use their own default "
+              f"(set cluster.job.env_vars.{key} to the cluster's path)", file=out)
     print(f"follow: r1 jobs logs {job_id} --follow; stop: r1 jobs stop {job_id}", file=out)
     if not follow:
         return 0

@@ -3,8 +3,10 @@
 ``group.train_grpo.remote(...)`` calls the method on every rank (each trains its share of the batch, the
 gradients are summed in the group) and returns rank 0's ObjectRef; the other ranks' refs are kept and
 checked at the next call (or by :meth:`TrainerGroup.check`), so an error there is not lost. Calls that
-need one worker (export, scoring, saving under ``replicate``, where every rank holds the same weights)
-go to rank 0 only; under ``fsdp`` every call goes to every rank, since gathering shards is a collective.
+need one worker (export, scoring under ``replicate``, where every rank holds the same weights) go to rank 0
+only; under ``fsdp`` every call goes to every rank, since gathering shards is a collective. Checkpoints
+(DCP: every rank writes its shards) go to every rank in both layouts, and :meth:`TrainerGroup.wait_call`
+waits for every rank's answer, naming a rank that died (a dead rank > 0 is not a stall of rank 0).
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from typing import Any
 log = logging.getLogger("r1.trainer_group")
 
 # Methods that one replicated worker answers alone: they read the (identical) weights and run no collective.
-RANK0_UNDER_REPLICATE = frozenset({"inference_state_dict", "save_pretrained", "save_checkpoint", "batch_logprobs",
+# (Not save_checkpoint: DCP's save is a collective of every rank, each writing its part.)
+RANK0_UNDER_REPLICATE = frozenset({"inference_state_dict", "save_pretrained", "batch_logprobs",
                                    "logprobs", "inference_tensors", "weight_specs", "broadcast_weights"})
 
 # Methods that are rank 0's alone whatever the layout: rank 0 hosts the weight-sync group with the engines.
@@ -71,6 +74,57 @@ class TrainerGroup:
         pending, self._pending = self._pending, []
         ray.get(pending, timeout=timeout)
 
+    def wait_call(self, method: str, *args, timeout_s: float, **kwargs):
+        """Call ``method`` on the ranks that take it and wait for all of them (at most ``timeout_s``); returns
+        rank 0's answer. The first error is raised as soon as it is known: a rank that died is
+        :class:`~stages.supervision.TrainerDied` naming it (its peers would wait for it in a collective
+        until the group's timeout), the others' errors as they are."""
+        from stages.supervision import wait
+
+        self._check_finished()
+        workers = self.ranks_for(method)
+        refs = [getattr(w, method).remote(*args, **kwargs) for w in workers]
+        try:
+            return wait(refs, "trainer group", method, timeout_s)[0]
+        except Exception as exc:  # noqa: BLE001 -- a death is renamed, everything else re-raised as it is
+            self._raise_if_dead(exc, method)
+            raise
+
+    def _raise_if_dead(self, exc: BaseException, method: str) -> None:
+        """Raise ``TrainerDied`` naming the dead rank(s) when ``exc`` comes from a worker's death: its own
+        (``RayActorError``) or a peer's collective failing because of it."""
+        from ray.exceptions import RayActorError, RayTaskError
+
+        from stages.supervision import TrainerDied
+
+        if isinstance(exc, RayActorError):
+            mine = exc.actor_id
+            ranks = [r for r, w in enumerate(self.workers) if mine is not None and w._actor_id.hex() == mine]
+            ranks = ranks or self.dead_ranks()
+        elif isinstance(exc, RayTaskError):
+            ranks = self.dead_ranks()
+        else:
+            return
+        if ranks:
+            raise TrainerDied(f"trainer rank {', '.join(map(str, ranks))} (of {len(self)}) died during {method}"
+                              ) from exc
+
+    def dead_ranks(self, timeout: float = 10.0) -> list[int]:
+        """The ranks whose actor has died (a busy one, e.g. waiting in a collective, is alive)."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        probes = [w.__ray_ready__.remote() for w in self.workers]
+        ready, _ = ray.wait(probes, num_returns=len(probes), timeout=timeout)  # one timeout for all
+        dead = []
+        for rank, probe in enumerate(probes):
+            if probe in ready:
+                try:
+                    ray.get(probe)
+                except RayActorError:
+                    dead.append(rank)
+        return dead
+
     def kill(self) -> None:
         """Kill every worker of the group."""
         import ray
@@ -105,21 +159,27 @@ def start_trainer_group(cfg, model_dir: str, settings, cls=None, *args) -> Train
     ``model_dir, settings`` in its constructor) joined into one torch.distributed group, as
     ``cfg.cluster.trainer_parallel`` says; returns once the group is formed.
 
-    Ray must be connected (``pipeline.cluster.connect``). Rank 0 reports its node's address and a free port; every rank then joins there (gloo on CPU, NCCL on
-    GPU). A worker that cannot join within ``cluster.timeout_s`` fails the start with its error.
+    Ray must be connected (``pipeline.cluster.connect``). Rank 0 reports its node's address and a free port;
+    every rank then joins there (gloo on CPU, NCCL plus gloo on GPU). A worker that cannot join within
+    ``cluster.timeout_s`` fails the start with its error. Under ``fsdp`` ranks > 0 read no weights: rank 0's
+    are broadcast as the model is sharded.
     """
     import ray
 
-    from .placement import actor_options, default_threads
+    from .placement import actor_options, node_threads
 
     if cls is None:
         from trainer.policy import PolicyTrainer as cls
 
     c = cfg.cluster
     n = c.trainer_workers
+    # FSDP: only rank 0 reads the weights; the others build the model on the meta device and receive
+    # rank 0's as the group shards it (PolicyTrainer's weights_from_rank0).
+    empty = {"weights_from_rank0": True} if c.trainer_parallel == "fsdp" and n > 1 else {}
     # Each worker gets a bundle of the trainer's placement group (resources, node, colocation).
-    workers = [ray.remote(cls).options(**actor_options(cfg, "trainer", i, threads=default_threads(cfg),
-                                                       allocator=c.allocator)).remote(model_dir, settings, *args)
+    workers = [ray.remote(cls).options(**actor_options(cfg, "trainer", i, threads=node_threads(cfg, "trainer", i),
+                                                       allocator=c.allocator)).remote(model_dir, settings, *args,
+                                                                                      **(empty if i else {}))
                for i in range(n)]
     group = TrainerGroup(workers, c.trainer_parallel)
     try:

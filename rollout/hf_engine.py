@@ -75,12 +75,15 @@ class HFEngine:
         ``generate`` runs with a KV cache and left padding, which makes per-token routing awkward to read
         off; a separate forward is simple and routes the same tokens (the model is unchanged).
         """
+        from .routing_rows import share_group_prompts
+
         samples = [(gen.prompt_ids, c) for gen in generations for c in gen.completions]
         for start in range(0, len(samples), self.batch_size):
             chunk = samples[start:start + self.batch_size]
             rows = self.route([list(p) + list(c.token_ids) for p, c in chunk])
             for (prompt, completion), r in zip(chunk, rows):
                 completion.routed_experts = r[:len(prompt) + len(completion.token_ids) - 1]
+        share_group_prompts(generations)  # a group's prompt rows once, not per sample
 
     def route(self, sequences: Sequence[Sequence[int]]) -> list:
         """Each sequence's top-k expert ids per token, ``[len(seq), moe_layers, k]`` (one batched forward).

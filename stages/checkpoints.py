@@ -1,7 +1,11 @@
-"""Atomic stage checkpoints: trainer state + model dir + the stage's own position, and a ``latest`` pointer.
+"""Atomic stage checkpoints: trainer state (``trainer/checkpoint_io.py``) + the stage's own position, and a
+``latest`` pointer.
 
 A checkpoint is written into a temp dir and renamed, then the pointer is replaced: a kill at any moment
-leaves either the previous checkpoint or the new one, never half of one. Used by the SFT and RL stages.
+leaves either the previous checkpoint or the new one, never half of one. The driver renames only after
+every worker of a trainer group has answered (each writes its own shards), so a folder is never committed
+with a rank's part missing; a rank that dies during the save is reported as that rank's death at once.
+Used by the SFT and RL stages.
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ def resume(trainer, out_dir: Path, logger, what: str, *, rollout=None, sync: Cal
     if resumed is None:
         return 0, {}
     ckpt, state = resumed
-    wait(trainer.load_checkpoint.remote(str(ckpt)), "trainer", "load_checkpoint", timeout_s)
+    trainer_call(trainer, "load_checkpoint", str(ckpt), timeout_s=timeout_s)
     # The engines started from the stage's initial model: give them the resumed weights.
     if sync is not None:
         sync()
@@ -55,6 +59,14 @@ def resume(trainer, out_dir: Path, logger, what: str, *, rollout=None, sync: Cal
     dropped = logger.truncate_after(state["step"])
     log.info("resumed %s from %s (step %d; %d later metric lines dropped)", what, ckpt, state["step"], dropped)
     return state["step"], state
+
+
+def trainer_call(trainer, method: str, *args, timeout_s: float = DEFAULT_TIMEOUT_S):
+    """``method(*args)`` on the trainer actor, or on every worker of a trainer group (``wait_call``: all are
+    waited for and a dead rank is named), waiting at most ``timeout_s``; returns the (rank 0's) answer."""
+    if hasattr(type(trainer), "wait_call"):  # (type: an actor handle makes up any attribute asked of it)
+        return trainer.wait_call(method, *args, timeout_s=timeout_s)
+    return wait(getattr(trainer, method).remote(*args), "trainer", method, timeout_s)
 
 
 def save_step(trainer, out_dir: Path, step: int, state: Mapping[str, Any], keep: int, *,
@@ -66,7 +78,7 @@ def save_step(trainer, out_dir: Path, step: int, state: Mapping[str, Any], keep:
     tmp = root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     # The trainer writes the checkpoint, state.json included; the driver only commits it (rename, pointer).
-    wait(trainer.save_checkpoint.remote(str(tmp), {"step": step, **state}), "trainer", "save_checkpoint", timeout_s)
+    trainer_call(trainer, "save_checkpoint", str(tmp), {"step": step, **state}, timeout_s=timeout_s)
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)

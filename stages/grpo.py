@@ -5,7 +5,7 @@ handles, so the same code runs on a laptop (local Ray) and on a cluster:
     -> eval / checkpoint -> next step
 
 Artifacts under ``plan.out_dir``: ``metrics.jsonl``, ``tensorboard/``, ``eval/step_NNNNN/``,
-``checkpoints/step_NNNNN/`` (model + trainer state + ``state.json``), ``model/`` and ``manifest.json``.
+``checkpoints/step_NNNNN/`` (DCP trainer state + ``state.json``), ``model/`` and ``manifest.json``.
 """
 from __future__ import annotations
 
@@ -75,8 +75,9 @@ def rl_step(actors, stream: PromptStream, plan: RLPlan, step: int) -> dict[str, 
     most ``actors.timeout_s``; dead engines, reward workers and the reference are replaced inside the calls."""
     started = time.perf_counter()
     _, gens, scores, stats = collect_rollouts(actors, stream, plan, step)
-    if actors.sleep_engines:  # colocated on the trainer's GPUs: give them back until the weight sync
+    if actors.sleep_engines:  # colocated on the trainer's GPUs: give them back until the weight sync ...
         actors.rollout.sleep()
+        actors.call_trainer("reload_states")  # ... and the trainer takes its weights and AdamW state back
     t0 = time.perf_counter()
     batch = build_batch(gens, scores, plan)
     t1 = time.perf_counter()
@@ -92,8 +93,11 @@ def rl_step(actors, stream: PromptStream, plan: RLPlan, step: int) -> dict[str, 
     t2 = time.perf_counter()
     train = actors.call_trainer("train_grpo", batch, g, ref_lp)
     t3 = time.perf_counter()
-    # The weights travel trainer -> object store -> every rollout engine, never through this driver.
+    # The weights go by the layout's route (object store, NCCL, CUDA IPC: pipeline/weight_sync.py), never
+    # through this driver; an engine that dies meanwhile is replaced there, the trainer kept.
     sync_load = actors.sync_weights()
+    if actors.sleep_engines:  # the engines wake for the next rollout into the memory the trainer frees here
+        actors.call_trainer("offload_states")
     t4 = time.perf_counter()
     if train.get("rows_without_rollout_logprobs") and id(actors) not in _WARNED_NO_LOGPROBS:
         # Once per stage: an engine that never returns logprobs would otherwise repeat it every step (the
@@ -137,6 +141,18 @@ def _restart_trainer(actors, plan: RLPlan, logger, stream: PromptStream, error: 
         actors.sync_weights()
         logger.truncate_after(0)
     return start
+
+
+def trainer_died(exc: BaseException, trainer) -> bool:
+    """Whether ``exc`` reports the death of the trainer (a worker of a trainer group included), not of an
+    engine or another actor whose ``RayActorError`` reached the loop."""
+    from .supervision import TrainerDied, actor_id
+
+    if isinstance(exc, TrainerDied):
+        return True
+    dead = getattr(exc, "actor_id", None)
+    ids = {actor_id(w) for w in getattr(trainer, "workers", [trainer])} - {None}
+    return dead is None or not ids or dead in ids
 
 
 def _flops_logged(logger, plan: RLPlan, upto: int) -> float:
@@ -203,8 +219,11 @@ def grpo_loop(actors, plan: RLPlan, logger, *, on_step: Callable[[int, dict], No
                 save_step(actors.trainer, plan.out_dir, step, {"data_position": stream.position},
                           knobs.keep_checkpoints, timeout_s=actors.timeout_s)
             checkpoint_seconds = time.perf_counter() - t1
-        except (RayActorError, TrainerDied) as exc:  # the other roles are replaced in their calls: only the
-            # trainer's end is here
+        except (RayActorError, TrainerDied) as exc:  # the other roles are replaced in their calls (engines
+            # during a weight sync too: pipeline/weight_sync.py): only the trainer's end is here
+            if not trainer_died(exc, actors.trainer):
+                bar.close()
+                raise  # another actor's death that escaped its supervision: never a reason to kill the trainer
             step = _restart_trainer(actors, plan, logger, stream, exc) + 1
             spent = _flops_logged(logger, plan, step - 1) if plan.budget else 0.0
             done = step > 1 and is_last_step(plan, step - 1, spent)  # the checkpoint was the last step's

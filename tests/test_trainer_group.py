@@ -58,11 +58,6 @@ def test_the_loss_denominator_is_the_whole_mini_batch_whatever_the_split(agg):
             assert own != pytest.approx(whole, rel=1e-3), world  # what a per-rank denominator would give
 
 
-def test_gradient_buckets_keep_dtype_and_size():
-    params = [torch.zeros(4), torch.zeros(6), torch.zeros(3, dtype=torch.float64), torch.zeros(20), torch.zeros(2)]
-    assert distributed._buckets(params, 10) == [[0, 1], [2], [3], [4]]
-
-
 def test_optimizer_state_renaming_round_trips():
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
@@ -83,7 +78,8 @@ def test_calls_go_to_every_rank_except_exports_of_replicas():
 
     replicas, shards = TrainerGroup(["w0", "w1"], "replicate"), TrainerGroup(["w0", "w1"], "fsdp")
     assert replicas.ranks_for("train_grpo") == ["w0", "w1"] and replicas.ranks_for("load_checkpoint") == ["w0", "w1"]
-    assert replicas.ranks_for("inference_state_dict") == ["w0"] and replicas.ranks_for("save_checkpoint") == ["w0"]
+    assert replicas.ranks_for("inference_state_dict") == ["w0"]
+    assert replicas.ranks_for("save_checkpoint") == ["w0", "w1"]  # DCP: every rank writes its part
     # Gathering FSDP shards is a collective: every rank takes part.
     assert shards.ranks_for("inference_state_dict") == shards.ranks_for("save_pretrained") == ["w0", "w1"]
 
@@ -98,6 +94,41 @@ def test_kill_actor_kills_every_worker_of_a_group(monkeypatch):
     kill_actor(TrainerGroup(["w0", "w1", "w2"]))
     kill_actor("plain")
     assert killed == ["w0", "w1", "w2", "plain"]
+
+
+@pytest.mark.parametrize("parallel,empty", [("fsdp", [False, True, True]), ("replicate", [False, False, False])])
+def test_only_rank0_reads_the_weights_under_fsdp(monkeypatch, parallel, empty):
+    # start_trainer_group on a stand-in for Ray: which constructor arguments each rank gets.
+    import ray
+
+    from pipeline import placement
+    from pipeline.config import load_config
+    from pipeline.trainer_group import start_trainer_group
+
+    made = []
+
+    class Worker:
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs.get("weights_from_rank0", False))
+            self.node_address = self.join_group = self
+
+        def remote(self, *args, **kwargs):
+            return ("127.0.0.1", 1) if not args else args[1]
+
+    class Remote:
+        def options(self, **_):
+            return self
+
+        def remote(self, *args, **kwargs):
+            return Worker(*args, **kwargs)
+
+    monkeypatch.setattr(ray, "remote", lambda cls: Remote())
+    monkeypatch.setattr(ray, "get", lambda refs, timeout=None: refs)
+    monkeypatch.setattr(placement, "actor_options", lambda *a, **k: {})
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml",
+                      ["cluster.trainer_workers=3", f"cluster.trainer_parallel={parallel}", "cluster.threads=1"])
+    start_trainer_group(cfg, "model", "settings")
+    assert made == empty
 
 
 # ---- the group on Ray (slow) ----------------------------------------------------------------------------
@@ -178,23 +209,26 @@ def test_two_workers_take_the_one_worker_update(tiny_model_dir, ray_cluster, par
     group = _group(tiny_model_dir, parallel)
 
     def count_rows(trainer):  # (local: Ray pickles it by value into the workers)
-        """From now on, record the rows of each forward that trains (with gradients) on this worker."""
-        trainer.rows_seen, forward = [], trainer._forward
+        """From now on, record the rows of each forward on this worker: those that train (with gradients)
+        and those scored for the old logprobs (without); and which engine sums the gradients."""
+        trainer.rows_seen, trainer.old_rows_seen, forward = [], [], trainer._forward
 
         def counted(prompts, responses, **kw):
-            if torch.is_grad_enabled():
-                trainer.rows_seen.append(len(prompts))
+            (trainer.rows_seen if torch.is_grad_enabled() else trainer.old_rows_seen).append(len(prompts))
             return forward(prompts, responses, **kw)
         trainer._forward = counted
-        return trainer.rank, trainer.world_size
+        engine = "FSDP" if trainer._sharded else type(trainer._ddp).__name__
+        return trainer.rank, trainer.world_size, engine
 
     try:
-        assert ray.get([w.__ray_call__.remote(count_rows) for w in group.workers]) == [(0, 2), (1, 2)]
+        engine = "FSDP" if parallel == "fsdp" else "DistributedDataParallel"
+        assert ray.get([w.__ray_call__.remote(count_rows) for w in group.workers]) == [(0, 2, engine), (1, 2, engine)]
         got = ray.get(group.train_grpo.remote(batch, GRPO))
         group.check()
-        # The work was split: mini-batch 1 trains row 2 on rank 0 (rank 1 none), mini-batch 2 rows 3, 5 | 4.
-        seen = ray.get([w.__ray_call__.remote(lambda t: t.rows_seen) for w in group.workers])
-        assert seen == [[1, 2], [1]], seen
+        # The work was split: mini-batch 1 trains row 2 on rank 0 (rank 1 none), mini-batch 2 rows 3, 5 | 4;
+        # the old logprobs too: each rank scores the rows it trains, in the same micro-batches.
+        seen = ray.get([w.__ray_call__.remote(lambda t: (t.rows_seen, t.old_rows_seen)) for w in group.workers])
+        assert seen == [([1, 2], [1, 2]), ([1], [1])], seen
         want = single.train_grpo(batch, GRPO)
         weights = ray.get(group.inference_state_dict.remote())
         rel = _assert_same_update(weights, single.inference_state_dict(), start, 1e-4)
@@ -204,8 +238,10 @@ def test_two_workers_take_the_one_worker_update(tiny_model_dir, ray_cluster, par
         assert want["rows_trained"] == 4 and want["optimizer_steps"] == 2
         print(parallel, {k: got[k] for k in COMPARED})
         if parallel == "replicate":  # the replicas stay identical
-            other = ray.get(group.workers[1].inference_state_dict.remote())
-            assert all(np.array_equal(other[k], weights[k]) for k in weights)
+            replicas = ray.get([w.__ray_call__.remote(lambda t: {k: v.detach().clone() for k, v in
+                                                                 t.model.state_dict().items()})
+                                for w in group.workers])
+            assert all(torch.equal(replicas[0][k], replicas[1][k]) for k in replicas[0])
         # SFT: 3 examples, one per micro-batch: rank 0 trains two, rank 1 one; the token-mean is global.
         got = ray.get(group.train_sft.remote(PROMPTS, RESPONSES[:3], micro_batch_size=1))
         group.check()

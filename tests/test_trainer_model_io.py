@@ -14,6 +14,12 @@ def test_bad_specs_fail_with_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="not an embedded alias"):
         resolve_model("definitely-not-a-model")
     assert resolve_model("Qwen/Qwen2.5-Math-7B") == "Qwen/Qwen2.5-Math-7B"
+    # A trainer checkpoint given as a model (it used to hold an HF dir): says how to get one.
+    ckpt = tmp_path / "checkpoints" / "step_00004"
+    ckpt.mkdir(parents=True)
+    (ckpt / "checkpoint.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"trainer checkpoint.*r1 export"):
+        resolve_model(str(ckpt))
 
 
 @pytest.mark.slow

@@ -339,8 +339,10 @@ def test_checkpoint_round_trip_continues_identically(tiny_model_dir, tmp_path, l
     a.train_sft(PROMPTS, RESPONSES)
     b.train_sft(PROMPTS, RESPONSES)
     assert a.logprobs(PROMPTS, RESPONSES)[2] == pytest.approx(b.logprobs(PROMPTS, RESPONSES)[2], abs=1e-5)
-    # The saved model dir (LoRA merged in) loads in transformers as a plain model with the saved weights.
-    reloaded = Policy(str(tmp_path / "ckpt" / "model"), TrainerSettings(precision="fp32"))
+    # The exported model dir (LoRA merged in) loads in transformers as a plain model with the saved weights.
+    from trainer.checkpoint_export import export_checkpoint
+
+    reloaded = Policy(export_checkpoint(tmp_path / "ckpt", tmp_path / "exported"), TrainerSettings(precision="fp32"))
     for got, want in zip(reloaded.logprobs(PROMPTS, RESPONSES), at_save):
         assert got == pytest.approx(want, abs=1e-5)
 

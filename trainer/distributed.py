@@ -1,30 +1,28 @@
 """The trainer group's torch.distributed plumbing: joining the group, the collectives of one optimizer step,
 and which rows a rank trains.
 
-N trainer workers form one process group (gloo on CPU, NCCL on GPU). Every rank gets the whole batch,
-trains a contiguous share of its rows and sums its gradient with the others' before clipping, so the
-update equals the one a single worker would take on the whole batch. The functions here are small and
-plain (no Ray); :class:`trainer.policy.PolicyTrainer` calls them only when ``world_size > 1``.
+N trainer workers form one process group (gloo on CPU; NCCL plus gloo for CPU tensors on GPU). Every rank
+gets the whole batch, trains a contiguous share of its rows and sums its gradient with the others' before
+clipping (torch's DDP or FSDP2 do the sum: :mod:`trainer.data_parallel`), so the update equals the one a
+single worker would take on the whole batch. The functions here are small and plain (no Ray);
+:class:`trainer.policy.PolicyTrainer` calls them only when ``world_size > 1``.
 """
 from __future__ import annotations
 
 import contextlib
 import socket
 from datetime import timedelta
-from typing import Iterable, Sequence, TypeVar
+from typing import Sequence, TypeVar
 
 import torch
 
 T = TypeVar("T")
 
-# A few buckets, not one tensor per parameter (each collective has a fixed cost) nor one copy of the whole
-# model (a second full-size gradient in memory at once): 2**25 fp32 elements = 128 MiB.
-BUCKET_ELEMENTS = 2 ** 25
-
 
 def backend_for(device: torch.device | str) -> str:
-    """The process-group backend for a trainer on ``device``: NCCL between GPUs, gloo between CPUs."""
-    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+    """The process-group backend for a trainer on ``device``: gloo between CPUs; on GPUs NCCL for CUDA
+    tensors and gloo for CPU ones (the metric sums, the SFT loss), one group that dispatches by device."""
+    return "cpu:gloo,cuda:nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
 def node_address() -> tuple[str, int]:
@@ -79,48 +77,6 @@ def rank_share(items: Sequence[T], rank: int, world_size: int) -> list[T]:
     group together on one rank wherever a boundary does not fall inside it (one shared prompt pass)."""
     start, end = shares(len(items), world_size)[rank]
     return list(items[start:end])
-
-
-def _buckets(params: list[torch.Tensor], limit: int) -> list[list[int]]:
-    """Indices of ``params`` in consecutive buckets of one dtype and device, each at most ``limit``
-    elements (a larger parameter gets a bucket of its own)."""
-    out: list[list[int]] = []
-    size, key = 0, None
-    for i, p in enumerate(params):
-        k = (p.dtype, p.device)
-        if not out or k != key or size + p.numel() > limit:
-            out.append([])
-            size, key = 0, k
-        out[-1].append(i)
-        size += p.numel()
-    return out
-
-
-def all_reduce_gradients(params: Iterable[torch.Tensor], bucket_elements: int = BUCKET_ELEMENTS) -> None:
-    """Sum every parameter's ``.grad`` over the group, in place, flattened into a few buckets.
-
-    A rank where a parameter has no gradient (it trained no rows) contributes zeros. A parameter with no
-    gradient on any rank keeps ``None`` here; the trainer's optimizer step then gives it a zero gradient, so
-    AdamW still decays it and its moments (every trainable parameter takes the same step).
-    Every rank must pass the same parameters in the same order: the collectives are matched by position.
-    """
-    import torch.distributed as dist
-
-    params = list(params)
-    if not params:
-        return
-    present = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
-    dist.all_reduce(present)
-    for bucket in _buckets(params, bucket_elements):
-        flat = torch.cat([(params[i].grad if params[i].grad is not None else torch.zeros_like(params[i])).reshape(-1)
-                          for i in bucket])
-        dist.all_reduce(flat)
-        offset = 0
-        for i in bucket:
-            p = params[i]
-            # Views of the bucket, not copies: the bucket lives until zero_grad drops them.
-            p.grad = flat[offset:offset + p.numel()].view_as(p) if present[i] > 0 else None
-            offset += p.numel()
 
 
 def all_reduce_sums(values: torch.Tensor) -> torch.Tensor:

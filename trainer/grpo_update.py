@@ -3,8 +3,8 @@ mini_batches`` optimizer steps of :func:`trainer.losses.grpo_objective`.
 
 :class:`GRPOUpdate` is a mixin the trainer inherits: it uses the trainer's model, optimizer and schedule,
 its forward pass (``_forward``, ``_end_replay``), its group (``world_size``, ``rank``, ``_sharded``,
-``_sync_gradients``, ``_idle_backward``) and ``_optimizer_step``. The row bookkeeping (which rows train,
-in which order and micro-batches) is plain functions.
+``_backward_sync``, ``_catch_up``, ``_idle_backward``) and ``_optimizer_step``. The row bookkeeping (which
+rows train, in which order and micro-batches) is plain functions.
 """
 from __future__ import annotations
 
@@ -220,44 +220,46 @@ class GRPOUpdate:
         micros = self._micro_batches(mini, data, s, skip)
         sums: dict[str, torch.Tensor] = {}
         for n, micro in enumerate(micros):
-            idx = torch.tensor(micro)
-            # Entropy is a full-vocabulary softmax: with a bonus it is part of the loss on every micro-batch;
-            # as a metric, the step's first micro-batch is enough.
-            entropy_mode = "grad" if s.entropy_coef else (with_entropy and n == 0)
-            logp, entropy, mask = self._grpo_forward(micro, data, s, with_entropy=entropy_mode)
-            w = mask.shape[1]
-            take = lambda t: t[idx, :w].to(self.device) if t is not None else None  # noqa: E731
-            old = take(data.old_lp) if data.old_lp is not None else logp.detach()
-            loss, terms = losses.grpo_objective(
-                logp, old, data.advantages[idx].to(self.device), mask, clip_low=s.clip_low, clip_high=s.clip_high,
-                agg=s.loss_agg, level=s.ratio_level, horizon=s.horizon, denominator=denominator,
-                rollout_logp=take(data.rollout_lp),
-                rollout_valid=data.rollout_valid[idx] if data.rollout_valid is not None else None,
-                tis_cap=s.tis_cap, ref_logp=take(data.ref_lp), kl_coef=s.kl_coef, kl_kind=s.kl_kind,
-                entropy=entropy if s.entropy_coef else None, entropy_coef=s.entropy_coef)
-            if self.replay is not None:
-                self.replay.measuring = False  # a checkpointed backward re-runs the routers: count them once
-            loss.backward()
-            self._end_replay()
-            if not s.entropy_coef and entropy is not None:
-                # Logged, not trained: the micro-batch's own aggregate, not its share of the mini-batch.
-                terms["entropy"] = losses.aggregate(entropy, mask, s.loss_agg, horizon=s.horizon).detach()
+            with self._backward_sync(last=n == len(micros) - 1):  # DDP: one gradient sum per step
+                terms = self._grpo_micro(micro, data, s, denominator, entropy_mode=(
+                    "grad" if s.entropy_coef else (with_entropy and n == 0)))
             if not first_pass:  # the mismatch is a property of the rollout: measure it once
                 for k in ("mismatch_abs_diff", "mismatch_k3", "mismatch_frac_over_ln2", "mismatch_tokens"):
                     terms.pop(k, None)
             for k, v in terms.items():
                 sums[k] = sums[k] + v if k in sums else v
-        trained = bool(_trained_order(mini, data.prompts, data.responses, skip))
-        if self._sharded and trained:  # FSDP: as many forward/backward passes as the busiest rank
-            most = max(len(self._micro_batches(mini, data, s, skip, r)) for r in range(self.world_size))
-            for _ in range(most - len(micros)):
-                self._idle_backward()
-        if trained:  # (every rank knows whether any row of the mini-batch trained: they all agree on this)
-            self._sync_gradients()
+        if self.world_size > 1:  # idle passes that keep this rank's collectives in step with the others'
+            self._catch_up([len(self._micro_batches(mini, data, s, skip, r)) for r in range(self.world_size)])
         # Parameters no backward reached (every row skipped, an expert no token was routed to) get a zero
         # gradient in _optimizer_step: the optimizer still moves them (momentum, weight decay).
         sums["grad_norm"] = self._optimizer_step()
         return sums
+
+    def _grpo_micro(self, micro: list[int], data: _GRPOData, s: GRPOSettings, denominator, entropy_mode
+                    ) -> dict[str, torch.Tensor]:
+        """forward -> :func:`trainer.losses.grpo_objective` -> backward of the rows ``micro``; its metric terms.
+        ``entropy_mode``: entropy is a full-vocabulary softmax: with a bonus ("grad") part of the loss on every
+        micro-batch; as a metric, the step's first micro-batch is enough."""
+        idx = torch.tensor(micro)
+        logp, entropy, mask = self._grpo_forward(micro, data, s, with_entropy=entropy_mode)
+        w = mask.shape[1]
+        take = lambda t: t[idx, :w].to(self.device) if t is not None else None  # noqa: E731
+        old = take(data.old_lp) if data.old_lp is not None else logp.detach()
+        loss, terms = losses.grpo_objective(
+            logp, old, data.advantages[idx].to(self.device), mask, clip_low=s.clip_low, clip_high=s.clip_high,
+            agg=s.loss_agg, level=s.ratio_level, horizon=s.horizon, denominator=denominator,
+            rollout_logp=take(data.rollout_lp),
+            rollout_valid=data.rollout_valid[idx] if data.rollout_valid is not None else None,
+            tis_cap=s.tis_cap, ref_logp=take(data.ref_lp), kl_coef=s.kl_coef, kl_kind=s.kl_kind,
+            entropy=entropy if s.entropy_coef else None, entropy_coef=s.entropy_coef)
+        if self.replay is not None:
+            self.replay.measuring = False  # a checkpointed backward re-runs the routers: count them once
+        loss.backward()
+        self._end_replay()
+        if not s.entropy_coef and entropy is not None:
+            # Logged, not trained: the micro-batch's own aggregate, not its share of the mini-batch.
+            terms["entropy"] = losses.aggregate(entropy, mask, s.loss_agg, horizon=s.horizon).detach()
+        return terms
 
     def _grpo_metrics(self, sums: dict[str, list[torch.Tensor]], s: GRPOSettings) -> dict[str, float]:
         """The step's metrics from the mini-batches' sums: one device-to-host transfer (and, in a group, one

@@ -118,6 +118,9 @@ def resolve_model(spec: str, *, cache: Path | None = None) -> str:
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
+            if (path / "checkpoint.json").is_file():  # a trainer checkpoint holds sharded state, not a model dir
+                raise ValueError(f"model '{spec}': a trainer checkpoint, not a Hugging Face model dir: "
+                                 f"`r1 export {spec} OUT` writes one")
             raise ValueError(f"model '{spec}': directory has no config.json (not a Hugging Face model dir)")
         return str(path.resolve())
     if spec.count("/") == 1 and not spec.startswith((".", "/")):

@@ -16,7 +16,7 @@ import torch
 
 from rollout.types import RolloutBatch
 
-from . import distributed
+from . import data_parallel, distributed
 from .devices import autocast_context, default_device
 # _chunks, _trained_order, skippable_rows: also importable from here, where they lived before.
 from .grpo_update import GRPOUpdate, _chunks, _trained_order, skippable_rows  # noqa: F401
@@ -32,7 +32,10 @@ log = logging.getLogger("r1.trainer")
 class Policy:
     """A causal LM that scores responses: per-token logprobs, no optimizer (the frozen reference)."""
 
-    def __init__(self, model_dir: str, settings: TrainerSettings | None = None, *, trainable: bool = False) -> None:
+    _ddp = None  # a replicated trainer group's DistributedDataParallel wrapper of the model
+
+    def __init__(self, model_dir: str, settings: TrainerSettings | None = None, *, trainable: bool = False,
+                 empty: bool = False) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.settings = settings or TrainerSettings()
@@ -45,7 +48,9 @@ class Policy:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
         # Master weights stay fp32; bf16 happens inside autocast (optimizer states in bf16 lose updates).
-        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).to(self.device)
+        # ``empty``: parameters on the meta device, filled from rank 0 when an FSDP group forms.
+        model = data_parallel.empty_model(self.model_dir) if empty else \
+            AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).to(self.device)
         replay = RoutingReplay(model)
         self.replay = replay if replay.is_moe else None  # R3 hooks; dense models carry none
         if trainable and self.settings.lora is not None:
@@ -56,6 +61,12 @@ class Policy:
         self.model.train(trainable)
         if not trainable:
             self.model.requires_grad_(False)
+
+    @property
+    def _net(self) -> torch.nn.Module:
+        """What a forward calls: the DDP wrapper when gradients are on (its backward sums them over the group),
+        else the model (scoring runs no collective, so one replicated worker may score alone)."""
+        return self._ddp if self._ddp is not None and torch.is_grad_enabled() else self.model
 
     @property
     def is_lora(self) -> bool:
@@ -76,14 +87,14 @@ class Policy:
         if routing is not None and self.replay is None:
             raise ValueError(f"routing replay: {self.model_dir} has no MoE layers (set rl.routing_replay=false)")
         if self.settings.shared_prefix and len({tuple(p) for p in prompts}) < len(prompts):
-            return shared_prefix_logprobs(self.model, prompts, responses, pad_id=self.pad_id,
+            return shared_prefix_logprobs(self._net, prompts, responses, pad_id=self.pad_id,
                                           temperature=temperature, with_entropy=with_entropy,
                                           routing=(self.replay, routing) if routing is not None else None)
         rows = self._rows(prompts, responses)
         if routing is not None:
             spans = padded_spans([len(p) for p in prompts], [len(r) for r in responses], max(len(p) for p in prompts))
             self.replay.set(replay_tensor(self.replay, routing, spans, tuple(rows.input_ids.shape)))
-        logp, entropy = response_logprobs(self.model, rows, temperature=temperature, with_entropy=with_entropy)
+        logp, entropy = response_logprobs(self._net, rows, temperature=temperature, with_entropy=with_entropy)
         return logp, entropy, rows.response_mask
 
     def _end_replay(self) -> None:
@@ -139,8 +150,10 @@ class PolicyTrainer(GRPOUpdate, Policy):
     world_size = 1
     parallel = "replicate"
 
-    def __init__(self, model_dir: str, settings: TrainerSettings | None = None) -> None:
-        super().__init__(model_dir, settings, trainable=True)
+    def __init__(self, model_dir: str, settings: TrainerSettings | None = None, *,
+                 weights_from_rank0: bool = False) -> None:
+        # weights_from_rank0: a rank > 0 of an FSDP group reads no weights; join_group brings rank 0's.
+        super().__init__(model_dir, settings, trainable=True, empty=weights_from_rank0)
         self._build_optimizer()
         self.optimizer_steps = 0
 
@@ -166,57 +179,59 @@ class PolicyTrainer(GRPOUpdate, Policy):
             raise ValueError(f"parallel={parallel!r}: expected 'replicate' or 'fsdp'")
         if self.optimizer_steps:
             raise RuntimeError("join_group after training: the workers would start from different states")
+        if next(self.model.parameters()).is_meta and (parallel != "fsdp" or world_size < 2):
+            raise ValueError(f"weights_from_rank0 with parallel={parallel}, {world_size} workers: only an FSDP "
+                             "group of 2+ fills a rank's weights from rank 0")
         distributed.init_group(init_method, rank, world_size, backend or distributed.backend_for(self.device),
                                timeout_s)
         self.rank, self.world_size, self.parallel = rank, world_size, parallel
-        if parallel == "fsdp" and world_size > 1:
+        if self._sharded:
             self._shard()
+        elif world_size > 1:  # DDP: its backward sums the gradients; it starts every replica from rank 0's
+            self._ddp = data_parallel.replicate(self.model, self.device)
         return rank
 
     def _shard(self) -> None:
-        """FSDP2: shard each decoder layer and the root over the group, and rebuild the optimizer on the shards."""
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import FSDPModule, fully_shard
-
+        """FSDP2 (:func:`trainer.data_parallel.shard`: rank 0's weights, mixed precision), and the optimizer
+        rebuilt on the shards."""
         if self.is_lora:
             raise NotImplementedError("trainer.lora with cluster.trainer_parallel=fsdp: use replicate (the "
                                       "adapters are small; the merged-weight export is not written for shards)")
         # Under FSDP every rank must call the model the same number of times (each call gathers the shards).
         # The shared-prefix forward makes one call or two depending on the rows, so it is off here.
         self.settings = self.settings.model_copy(update={"shared_prefix": False})
-        mesh = init_device_mesh(self.device.type, (self.world_size,))
-        layers = set(getattr(self.model, "_no_split_modules", None) or [])
-        for module in list(self.model.modules()):
-            if type(module).__name__ in layers:
-                fully_shard(module, mesh=mesh)
-        fully_shard(self.model, mesh=mesh)
-        for module in self.model.modules():
-            if isinstance(module, FSDPModule):
-                # Sum, not average: each rank's loss already carries the global denominator. Plain SUM
-                # collectives (gloo has no pre-multiplied sum, which a divide factor would otherwise use).
-                module.set_gradient_divide_factor(1.0)
-                module.set_force_sum_reduction_for_comms(True)
+        data_parallel.shard(self.model, self.device, self.settings.precision, self.rank, self.world_size)
         self._build_optimizer()
 
     @property
     def _sharded(self) -> bool:
-        return self.parallel == "fsdp" and self.world_size > 1
+        # ``parallel`` is fsdp only after join_group: FSDP2 over one worker is a real layout too (mixed
+        # precision on one GPU; the reference the group's update is compared with).
+        return self.parallel == "fsdp"
 
     def _my_rows(self, rows: list) -> list:
         """This rank's contiguous share of ``rows`` (all of them on a single worker)."""
         return rows if self.world_size == 1 else distributed.rank_share(rows, self.rank, self.world_size)
 
-    def _sync_gradients(self) -> None:
-        """Sum the gradients of the group's workers (replicate; FSDP2 reduces them in the backward)."""
-        if self.world_size > 1 and not self._sharded:
-            distributed.all_reduce_gradients([p for p in self.model.parameters() if p.requires_grad])
+    def _backward_sync(self, last: bool):
+        """Around a micro-batch's forward and backward: under DDP its gradient stays local (``no_sync``) unless
+        it is the step's ``last``, whose reduction then sums everything accumulated."""
+        return self._ddp.no_sync() if self._ddp is not None and not last else contextlib.nullcontext()
+
+    def _catch_up(self, every: list[int]) -> None:
+        """After this rank's ``every[rank]`` forward/backward passes of a step (``every``: each rank's count),
+        the idle ones that keep the group in step: FSDP, up to the busiest rank's (each pass gathers the
+        shards); DDP, one if this rank ran none (the gradient sum waits for a backward on every rank)."""
+        if len(every) > 1 and max(every):
+            for _ in range(max(every) - every[self.rank] if self._sharded else int(every[self.rank] == 0)):
+                self._idle_backward()
 
     def _idle_backward(self) -> None:
         """A forward/backward that adds zero to every gradient (only the forward under ``torch.no_grad``):
-        under FSDP it keeps this rank's collectives in step with a rank that has more micro-batches to run."""
+        it keeps this rank's collectives in step with a rank that has more micro-batches to run."""
         rows = self._rows([[self.pad_id]], [[self.pad_id]])
         with autocast_context(self.settings.precision, self.device):
-            logp, _ = response_logprobs(self.model, rows)
+            logp, _ = response_logprobs(self._net, rows)
         if logp.requires_grad:
             (logp.sum() * 0.0).backward()
 
@@ -267,32 +282,24 @@ class PolicyTrainer(GRPOUpdate, Policy):
         self.optimizer.zero_grad(set_to_none=True)
         total_tokens = sum(len(t) for t in targets)  # the whole batch's, on every worker of a group
         loss_sum = 0.0
-        if self.world_size > 1:  # a worker of a group trains its share of the examples
-            every = [self._sft_steps(distributed.rank_share(list(range(len(prompts))), r, self.world_size),
-                                     prompts, targets, micro_batch_size, pack_tokens)
-                     for r in range(self.world_size)]
-            mine = distributed.rank_share(list(range(len(prompts))), self.rank, self.world_size)
-            prompts, targets = [prompts[i] for i in mine], [targets[i] for i in mine]
-        if pack_tokens:
-            for row in pack_examples(prompts, targets, pack_tokens):
+        every = [self._sft_steps(distributed.rank_share(list(range(len(prompts))), r, self.world_size),
+                                 prompts, targets, micro_batch_size, pack_tokens) for r in range(self.world_size)]
+        mine = self._my_rows(list(range(len(prompts))))  # a worker of a group trains its share of the examples
+        prompts, targets = [prompts[i] for i in mine], [targets[i] for i in mine]
+        steps = pack_examples(prompts, targets, pack_tokens) if pack_tokens \
+            else _chunks(list(range(len(prompts))), micro_batch_size)
+        for n, step in enumerate(steps):
+            with self._backward_sync(last=n == len(steps) - 1):
                 with autocast_context(self.settings.precision, self.device):
-                    logp = packed_target_logprobs(self.model, row)
-                nll = -logp.sum()
+                    if pack_tokens:
+                        nll = -packed_target_logprobs(self._net, step).sum()
+                    else:
+                        rows = self._rows([prompts[i] for i in step], [targets[i] for i in step])
+                        nll = -(response_logprobs(self._net, rows)[0] * rows.response_mask).sum()
                 (nll / max(total_tokens, 1)).backward()
-                loss_sum += float(nll.detach())
-        else:
-            for micro in _chunks(list(range(len(prompts))), micro_batch_size):
-                rows = self._rows([prompts[i] for i in micro], [targets[i] for i in micro])
-                with autocast_context(self.settings.precision, self.device):
-                    logp, _ = response_logprobs(self.model, rows)
-                nll = -(logp * rows.response_mask).sum()
-                (nll / max(total_tokens, 1)).backward()
-                loss_sum += float(nll.detach())
+            loss_sum += float(nll.detach())
+        self._catch_up(every)
         if self.world_size > 1:
-            if self._sharded:
-                for _ in range(max(every) - every[self.rank]):
-                    self._idle_backward()
-            self._sync_gradients()
             loss_sum = float(distributed.all_reduce_sums(torch.tensor([loss_sum], dtype=torch.float64))[0])
         grad_norm = float(self._optimizer_step())
         return {"loss": loss_sum / max(total_tokens, 1), "grad_norm": grad_norm, "tokens": float(total_tokens),
@@ -305,202 +312,99 @@ class PolicyTrainer(GRPOUpdate, Policy):
             return len(pack_examples([prompts[i] for i in rows], [targets[i] for i in rows], pack_tokens))
         return len(_chunks(rows, micro_batch_size))
 
-    # ---- weights out --------------------------------------------------------------------------------------
+    # ---- weights out (trainer/weight_export.py: one parameter at a time; the routes in weight_sync_send.py) ---
 
     @torch.no_grad()
     def inference_state_dict(self) -> dict[str, "object"]:
-        """HF-named full weights (LoRA merged in) as contiguous fp32 numpy arrays, for an inference engine.
+        """HF-named full weights (LoRA merged in) as contiguous fp32 numpy arrays, for an inference engine
+        (the object-store route). numpy: Ray's object store hands numpy arrays to a reader without a copy.
+        Tied weights appear under both names. Under FSDP every worker takes part in the gathers and rank 0
+        returns the weights (the others ``{}``); replicated workers hold the same weights."""
+        from .weight_export import iter_inference_tensors
 
-        numpy, not torch: Ray's object store hands numpy arrays to a reader without a copy. Tied weights
-        appear under both names (vLLM and safetensors each want their own tensor).
-
-        In a group: under FSDP every worker takes part in gathering the shards and rank 0 returns them (the
-        others ``{}``); replicated workers hold the same weights, so any one of them may be asked.
-        """
-        tensors = self.inference_tensors()
-        return {name: t.detach().float().cpu().contiguous().numpy().copy() for name, t in tensors.items()}
+        out = {}
+        for name, tensor in iter_inference_tensors(self):  # every rank gathers; rank 0 keeps
+            if self.rank == 0:
+                out[name] = tensor.float().cpu().contiguous().numpy().copy()
+        return out
 
     @torch.no_grad()
     def inference_tensors(self) -> dict[str, torch.Tensor]:
-        """:meth:`inference_state_dict` as torch tensors in the model's own precision and device (what a
-        broadcast to the engines sends); ``{}`` on FSDP ranks other than 0."""
-        from transformers.core_model_loading import revert_weight_conversion
+        """:meth:`inference_state_dict` as torch tensors in the model's precision, on its device; ``{}`` on
+        FSDP ranks other than 0. (A sync sends :func:`trainer.weight_export.iter_inference_tensors` instead.)"""
+        from .weight_export import inference_tensors
 
-        model = self.model.get_base_model() if self.is_lora else self.model
-        deltas = _lora_deltas(model) if self.is_lora else {}
-        state = self._full_model_state(model)
-        if state is None:
-            return {}
-        tensors = {}
-        for name, tensor in state.items():
-            if "lora_" in name:
-                continue
-            clean = name.replace(".base_layer.", ".")
-            module = clean.rsplit(".", 1)[0]
-            if clean.endswith(".weight") and module in deltas:
-                tensor = tensor + deltas[module]
-            tensors[clean] = tensor
-        # Checkpoint names, as save_pretrained writes them: MoE experts are fused 3-D parameters in
-        # transformers (``mlp.experts.gate_up_proj``), which vLLM loads only per expert (``experts.0.w1``).
-        tensors = dict(revert_weight_conversion(model, tensors))
-        if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in tensors:
-            embed = model.get_input_embeddings().weight
-            if self._sharded:  # the module holds a shard: take the gathered tensor by its name
-                name = next(n for n, p in model.named_parameters() if p is embed)
-                tensors["lm_head.weight"] = tensors[name]
-            else:
-                tensors["lm_head.weight"] = embed.detach()
-        return tensors
-
-    # ---- weights to the engines by broadcast (GPU: NCCL; rollout/weight_broadcast.py) ------------------------
+        return inference_tensors(self)
 
     def open_weight_group(self, host: str, port: int, world_size: int, backend: str = "nccl",
                           timeout_s: float = 600.0) -> int:
-        """Host rank 0 of the weight-sync group at ``host:port`` (the engines' workers join as 1..N); blocks
-        until all have joined. Returns the group's size."""
-        from rollout.weight_broadcast import WeightGroup
+        """Host rank 0 of the weight-sync group (``cluster.weight_sync: broadcast``); blocks until the engines'
+        workers have joined as 1..N. Returns the group's size."""
+        from .weight_sync_send import open_weight_group
 
-        self._weight_group = WeightGroup(host, port, 0, world_size, backend=backend, timeout_s=timeout_s,
-                                         device=str(self.device))
-        return world_size
+        return open_weight_group(self, host, port, world_size, backend, timeout_s)
 
     def weight_specs(self) -> list[tuple[str, tuple[int, ...]]]:
-        """Names and shapes of the weights a broadcast sends, in its order (what the engines allocate)."""
-        from rollout.weight_broadcast import tensor_specs
+        """Names and shapes of the weights a sync sends, in its order (what the engines expect)."""
+        from .weight_export import weight_specs
 
-        return tensor_specs(self.inference_tensors())
+        return weight_specs(self)
 
-    def broadcast_weights(self, dtype: str = "bfloat16") -> int:
-        """Send the current weights to every engine of the weight group in ``dtype``; returns bytes per engine
-        worker. Under FSDP every rank gathers, rank 0 sends."""
-        tensors = self.inference_tensors()
-        if not tensors:
-            return 0
-        return self._weight_group.send(tensors, getattr(torch, dtype))
+    def broadcast_weights(self, dtype: str = "bfloat16", specs: list | None = None) -> int:
+        """Send the current weights to the weight group in ``dtype``, one gathered parameter at a time; returns
+        the bytes per engine worker (0 on FSDP ranks > 0, which take part in the gathers)."""
+        from .weight_sync_send import broadcast_weights
 
-    def _full_model_state(self, model=None) -> dict[str, torch.Tensor] | None:
-        """``model``'s (default: the trainer's) state dict with whole tensors: gathered from the shards under
-        FSDP (a collective: every rank calls it; rank 0 gets the tensors, on CPU, the others ``None``)."""
-        model = self.model if model is None else model
-        if not self._sharded:
-            return model.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return broadcast_weights(self, dtype, specs)
 
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return state if self.rank == 0 else None
+    def open_ipc_export(self, dtype: str = "bfloat16", specs: list | None = None, bucket_mb: float = 512.0) -> int:
+        """Start a CUDA-IPC sync (``cluster.weight_sync: ipc``, colocated); returns its number of buckets."""
+        from .weight_sync_send import open_ipc_export
+
+        return open_ipc_export(self, dtype, specs, bucket_mb)
+
+    def next_ipc_bucket(self):
+        """The next bucket's IPC handles (every rank's GPU) and specs; None when the sync is done."""
+        from .weight_sync_send import next_ipc_bucket
+
+        return next_ipc_bucket(self)
+
+    def offload_states(self) -> bool:
+        """Colocated on GPUs: weights, gradients and optimizer state to host RAM and the CUDA cache emptied,
+        before the engines wake; False where there is nothing to free (CPU). See trainer/offload.py."""
+        from .offload import offload_states
+
+        return offload_states(self)
+
+    def reload_states(self) -> bool:
+        """Undo :meth:`offload_states` (before the trainer computes again); False where nothing moved."""
+        from .offload import reload_states
+
+        return reload_states(self)
 
     def save_pretrained(self, out_dir: str | Path) -> str:
         """An HF model dir (merged weights + tokenizer + config) that vLLM and transformers load directly.
         In a group only rank 0 writes (under FSDP the others take part in gathering the weights)."""
-        from safetensors.torch import save_file
+        from .weight_export import save_pretrained
 
-        out_dir = Path(out_dir)
-        if self.rank != 0:
-            if self._sharded:
-                self._full_model_state()
-            return str(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        base = self.model.get_base_model() if self.is_lora else self.model
-        base.config.save_pretrained(out_dir)
-        if getattr(base, "generation_config", None) is not None:
-            base.generation_config.save_pretrained(out_dir)
-        state = {k: torch.from_numpy(v) for k, v in self.inference_state_dict().items()}
-        if getattr(base.config, "tie_word_embeddings", False):
-            state.pop("lm_head.weight", None)  # tied: transformers re-ties it on load
-        save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-        self.tokenizer.save_pretrained(out_dir)
-        return str(out_dir)
+        return save_pretrained(self, out_dir)
 
-    # ---- checkpoints --------------------------------------------------------------------------------------
+    # ---- checkpoints (trainer/checkpoint_io.py: torch.distributed.checkpoint, sharded) --------------------
 
     def save_checkpoint(self, out_dir: str | Path, state: dict | None = None) -> str:
-        """Model dir + optimizer/scheduler/RNG state + (LoRA) adapter: everything :meth:`load_checkpoint` needs,
-        and ``state`` (the loop's step and data position) as ``state.json``, written here by the actor that
-        makes the checkpoint, not by the driver into the trainer's folder.
+        """Weights, optimizer, scheduler, step count and RNG (DCP: every rank of a group writes its shards; all
+        call this), and ``state`` (the loop's step and data position) as ``state.json``, written by the actor
+        that makes the checkpoint. Loadable at any group size and layout; see :mod:`trainer.checkpoint_io`."""
+        from .checkpoint_io import save_checkpoint
 
-        The state is whole whatever the group's size, so a run saved by N workers resumes on M: replicated
-        workers all hold the full optimizer state (rank 0 writes it); FSDP shards are gathered first (every
-        rank calls this then). The optimizer state is stored numbered, the plain ``torch.optim`` form.
-        """
-        out_dir = Path(out_dir)
-        self.save_pretrained(out_dir / "model")
-        optimizer = self._full_optimizer_state()
-        if self.rank != 0:
-            return str(out_dir)
-        trainable = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad} \
-            if self.is_lora else None
-        torch.save({"optimizer": optimizer, "scheduler": _scheduler_state(self.scheduler.state_dict()),
-                    "optimizer_steps": self.optimizer_steps, "lora_params": trainable,
-                    "torch_rng": torch.get_rng_state()}, out_dir / "trainer_state.pt")
-        if state is not None:
-            import json
-
-            (out_dir / "state.json").write_text(json.dumps(state))
-        return str(out_dir)
+        return save_checkpoint(self, out_dir, state)
 
     def load_checkpoint(self, ckpt_dir: str | Path) -> None:
-        """Restore weights, optimizer, scheduler and RNG saved by :meth:`save_checkpoint`."""
-        from safetensors.torch import load_file
+        """Restore what :meth:`save_checkpoint` saved (or a checkpoint of the earlier format); in a group every
+        rank calls this."""
+        from .checkpoint_io import load_checkpoint
 
-        ckpt_dir = Path(ckpt_dir)
-        state = torch.load(ckpt_dir / "trainer_state.pt", map_location="cpu", weights_only=False)
-        if self.is_lora:
-            params = dict(self.model.named_parameters())
-            for name, value in state["lora_params"].items():
-                params[name].data.copy_(value)
-        else:
-            weights = load_file(str(ckpt_dir / "model" / "model.safetensors"))
-            if self.replay is not None:  # checkpoint names (per-expert) -> the model's fused parameters
-                from transformers import AutoModelForCausalLM
-
-                weights = AutoModelForCausalLM.from_pretrained(ckpt_dir / "model", dtype=torch.float32).state_dict()
-            if self._sharded:
-                self._load_sharded(ckpt_dir, weights, state["optimizer"])
-            else:
-                missing, unexpected = self.model.load_state_dict(weights, strict=False)
-                missing = [m for m in missing if m != "lm_head.weight"]  # tied to the embeddings
-                if missing or unexpected:
-                    raise RuntimeError(f"checkpoint {ckpt_dir}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-        if not self._sharded:
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(_scheduler_state(state["scheduler"]))
-        self.optimizer_steps = int(state["optimizer_steps"])
-        torch.set_rng_state(state["torch_rng"])
-
-    def _trainable_names(self) -> list[str]:
-        """Names of the optimizer's parameters, in the order it numbers them."""
-        return [n for n, p in self.model.named_parameters() if p.requires_grad]
-
-    def _full_optimizer_state(self) -> dict | None:
-        """The optimizer's state dict, whole and numbered (FSDP: gathered, a collective; ``None`` off rank 0)."""
-        if not self._sharded:
-            return self.optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        state = get_optimizer_state_dict(self.model, self.optimizer,
-                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return distributed.optimizer_state_by_index(state, self._trainable_names()) if self.rank == 0 else None
-
-    def _load_sharded(self, ckpt_dir: Path, weights: dict, optimizer: dict) -> None:
-        """FSDP: every rank loads the whole state from the files and keeps its own shards."""
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                             set_optimizer_state_dict)
-
-        options = StateDictOptions(full_state_dict=True, strict=False)
-        missing, unexpected = set_model_state_dict(self.model, weights, options=options)
-        missing = [m for m in missing if m != "lm_head.weight"]
-        if missing or unexpected:
-            raise RuntimeError(f"checkpoint {ckpt_dir}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-        set_optimizer_state_dict(self.model, self.optimizer,
-                                 distributed.optimizer_state_by_name(optimizer, self._trainable_names()),
-                                 options=options)
-
-
-def _scheduler_state(state: dict) -> dict:
-    """A LambdaLR state dict without its ``lr_lambdas`` entry. The schedule is a method of the trainer (no
-    state of its own), but LambdaLR stores a method's ``__dict__``: in a Ray actor that holds Ray's tracing
-    wrappers, and loading them onto the driver's class makes its next ``ray.remote`` fail (a wrapper loop)."""
-    return {**state, "lr_lambdas": [None] * len(state.get("lr_lambdas", []))}
+        load_checkpoint(self, ckpt_dir)
 
 
 def _with_lora(model, lora: LoraSettings | dict):
@@ -510,20 +414,3 @@ def _with_lora(model, lora: LoraSettings | dict):
     config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=lora.targets, task_type="CAUSAL_LM")
     return get_peft_model(model, config)
-
-
-def _lora_deltas(model) -> dict[str, torch.Tensor]:
-    """Module name -> the weight delta its active LoRA adapters add (B @ A * scale)."""
-    from peft.tuners.lora import LoraLayer
-
-    deltas = {}
-    for name, module in model.named_modules():
-        if isinstance(module, LoraLayer):
-            delta = None
-            for adapter in module.active_adapters:
-                if adapter in module.lora_A:
-                    d = module.get_delta_weight(adapter)
-                    delta = d if delta is None else delta + d
-            if delta is not None:
-                deltas[name] = delta
-    return deltas

@@ -19,9 +19,11 @@ What is measured (:func:`routing_metrics`):
 - ``routing_coverage`` (:func:`routing_coverage`): the share of (token, MoE layer) pairs for which the
   engine's routing was known. R3 with a coverage of 0 replays nothing and looks like it worked.
 
-Replayed routing is ``[batch, seq, moe_layers, k]`` (long) aligned to the forward's ``input_ids``; ``-1``
-marks a token whose routing is unknown (padding, the last sampled token, an engine that returned none), which
-the router then routes itself, so padding never holds duplicate expert ids.
+Replayed routing is ``[batch, seq, moe_layers, k]`` aligned to the forward's ``input_ids``, uint8 / uint16 as
+the engine ships it (a row of the dtype's maximum: unknown) or signed (-1: unknown); it is moved to the model's
+device once per forward in that narrow dtype and widened there one layer at a time (:func:`expert_ids`). An
+unknown token (padding, the last sampled token, an engine that returned none) is routed by the router itself,
+so padding never holds duplicate expert ids.
 """
 from __future__ import annotations
 
@@ -115,6 +117,18 @@ COUNT_NAMES = ("routers", "routers_differ_own", "tokens", "tokens_differ_own", "
                "routers_plumbing_differ")
 
 
+_UNSIGNED = {torch.uint8: 255, torch.uint16: 65535}  # routing dtype -> its "unknown" value (the dtype's maximum)
+
+
+def expert_ids(routing: torch.Tensor) -> torch.Tensor:
+    """``[..., k]`` routing as long expert ids, -1 where unknown: an unsigned routing tensor's rows of the
+    dtype's maximum (:func:`trainer.routing_layout.routing_tensor`), a signed one's -1s as they are."""
+    ids = routing.long()
+    if routing.dtype in _UNSIGNED:
+        ids = ids.masked_fill((ids == _UNSIGNED[routing.dtype]).all(dim=-1, keepdim=True), -1)
+    return ids
+
+
 class RoutingReplay:
     """Hooks on a model's MoE blocks: replay a given routing (or only compare with it), and count mismatches.
 
@@ -159,6 +173,8 @@ class RoutingReplay:
         if routing is not None and self.enabled:
             for block in self.blocks:  # before the forward: refused in one line, never replayed mis-weighted
                 gate_rule(block.router)
+        if routing is not None:  # one copy to the model's device per forward, in the narrow dtype
+            routing = routing.to(self.blocks[0].router.weight.device)
         self._routing, self.measuring = routing, measure and routing is not None
 
     def clear(self) -> None:
@@ -177,7 +193,7 @@ class RoutingReplay:
         self._counts.setdefault(name, []).append(value.detach().sum().to("cpu", torch.float64))
 
     def _given(self, j: int, n_tokens: int, device) -> torch.Tensor:
-        given = self._routing[:, :, j].reshape(-1, self._routing.shape[-1]).to(device)
+        given = expert_ids(self._routing[:, :, j].reshape(-1, self._routing.shape[-1]).to(device))
         if given.shape[0] != n_tokens:
             raise ValueError(f"routing replay: the forward routes {n_tokens} tokens, the replayed routing holds "
                              f"{given.shape[0]} (its layout does not match the input ids)")
