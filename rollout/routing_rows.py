@@ -63,6 +63,13 @@ class SampleRouting(np.lib.mixins.NDArrayOperatorsMixin):
         inputs = tuple(np.asarray(x) if isinstance(x, SampleRouting) else x for x in inputs)
         return getattr(ufunc, method)(*inputs, **kwargs)
 
+    def __getattr__(self, name: str):
+        """Any other ndarray attribute or method (``astype``, ``tolist``, ``max``...) of the whole array: code
+        written for the plain ``[tokens, layers, k]`` array (a user's, ``r1 r3-check``) works unchanged."""
+        if name.startswith("__") or name in SampleRouting.__slots__:  # unpickling probes before the slots are set
+            raise AttributeError(name)
+        return getattr(np.asarray(self), name)
+
     def __repr__(self) -> str:
         return f"SampleRouting(prompt={self.prompt.shape}, response={self.response.shape}, {self.dtype})"
 

@@ -48,6 +48,21 @@ def test_a_group_of_n_samples_ships_its_prompt_rows_once():
         assert after.shape == before.shape and after.dtype == np.uint8 and np.array_equal(np.asarray(after), before)
 
 
+def test_shared_rows_answer_as_the_plain_array_for_any_ndarray_method():
+    # Code written for the engine's plain [tokens, layers, k] array (r1 r3-check's shifted routing, a user's
+    # script) meets the shared form after an engine hands it over: every ndarray method must still work.
+    [sample] = group(6, [5])
+    [shared] = share_prompt_rows(6, [sample])
+    assert np.array_equal(shared.astype(np.int64), sample.astype(np.int64))
+    assert shared.tolist() == sample.tolist() and shared.max() == sample.max() and shared.nbytes == sample.nbytes
+    assert np.array_equal(np.where(shared == 0, shared, (shared.astype(np.int64) + 1) % EXPERTS),
+                          np.where(sample == 0, sample, (sample.astype(np.int64) + 1) % EXPERTS))
+    with pytest.raises(AttributeError):
+        shared.no_such_attribute
+    back = pickle.loads(pickle.dumps(shared))  # plain pickle (unpickling probes attributes before the slots are set)
+    assert np.array_equal(np.asarray(back), sample)
+
+
 def test_a_sibling_whose_prompt_rows_differ_keeps_its_own():
     samples = group(10, [4, 4, 4])
     samples[1] = samples[1].copy()
