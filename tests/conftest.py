@@ -1,11 +1,28 @@
 """Shared fixtures: the real embedded model, imported once per machine into the cache."""
 import os
+import shutil
+import tempfile
 
 import pytest
+
+# The whole suite's peak on disk under the temp folder, measured with a passing test's folder removed as it ends
+# (pyproject's tmp_path_retention_policy); below this a slow test can die of ENOSPC half an hour in.
+DISK_NEEDED_GB = 15
 
 # Offline by design: the embedded model is the default and tests never reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_sessionstart(session):
+    """Say up front, even under -q, when the temp folder has less free disk than the slow set needs."""
+    root = os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir()
+    free_gb = shutil.disk_usage(root).free / 1e9
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if free_gb < DISK_NEEDED_GB and reporter is not None:
+        reporter.write_line(f"WARNING: {free_gb:.1f} GB free under {root}; the slow tests need about "
+                            f"{DISK_NEEDED_GB} GB there at their peak (free some space or point TMPDIR elsewhere)",
+                            yellow=True)
 
 
 @pytest.fixture(scope="session")
