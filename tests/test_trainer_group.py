@@ -11,6 +11,7 @@ import torch
 
 from rollout.types import RolloutBatch
 from trainer import distributed
+from trainer.checkpoint_legacy import optimizer_state_by_name
 from trainer.losses import aggregate_count
 from trainer.policy import PolicyTrainer, _trained_order
 from trainer.settings import GRPOSettings, OptimSettings, TrainerSettings
@@ -58,15 +59,22 @@ def test_the_loss_denominator_is_the_whole_mini_batch_whatever_the_split(agg):
             assert own != pytest.approx(whole, rel=1e-3), world  # what a per-rank denominator would give
 
 
+def _by_index(state: dict, names: list[str]) -> dict:
+    """The inverse of ``optimizer_state_by_name``: the numbered form ``Optimizer.load_state_dict`` takes."""
+    index = {n: i for i, n in enumerate(names)}
+    return {"state": {index[n]: v for n, v in state["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]}
+
+
 def test_optimizer_state_renaming_round_trips():
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     model(torch.ones(1, 3)).sum().backward()
     opt.step()
     names = [n for n, _ in model.named_parameters()]
-    by_name = distributed.optimizer_state_by_name(opt.state_dict(), names)
+    by_name = optimizer_state_by_name(opt.state_dict(), names)
     assert set(by_name["state"]) == set(names) and by_name["param_groups"][0]["params"] == names
-    back = distributed.optimizer_state_by_index(by_name, names)
+    back = _by_index(by_name, names)
     fresh = torch.optim.AdamW(model.parameters(), lr=0.1)
     fresh.load_state_dict(back)
     for i in range(len(names)):

@@ -8,10 +8,9 @@ keeps its own shards (``set_state_dict`` with ``full_state_dict``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
-
-from . import distributed
 
 
 def scheduler_state(state: dict) -> dict:
@@ -19,6 +18,14 @@ def scheduler_state(state: dict) -> dict:
     state of its own), but LambdaLR stores a method's ``__dict__``: in a Ray actor that holds Ray's tracing
     wrappers, and loading them onto the driver's class makes its next ``ray.remote`` fail (a wrapper loop)."""
     return {**state, "lr_lambdas": [None] * len(state.get("lr_lambdas", []))}
+
+
+def optimizer_state_by_name(state: dict, names: Sequence[str]) -> dict:
+    """A ``torch.optim`` state dict (parameters numbered in ``param_groups`` order) keyed by parameter
+    name instead: the form ``torch.distributed.checkpoint.state_dict.set_optimizer_state_dict`` takes.
+    ``names``: the optimizer's parameters' names, in the order it numbers them."""
+    return {"state": {names[i]: v for i, v in state["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
 
 
 def _trainable_names(trainer) -> list[str]:
@@ -62,7 +69,7 @@ def load_legacy(trainer, ckpt_dir: Path, *, weights_only: bool = False) -> None:
         return
     if sharded:
         set_optimizer_state_dict(trainer.model, trainer.optimizer,
-                                 distributed.optimizer_state_by_name(state["optimizer"], _trainable_names(trainer)),
+                                 optimizer_state_by_name(state["optimizer"], _trainable_names(trainer)),
                                  options=options)
     else:  # numbered, as torch.optim stores it (a trainer's extra parameter groups included)
         trainer.optimizer.load_state_dict(state["optimizer"])

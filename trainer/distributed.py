@@ -102,19 +102,3 @@ def reduce_metrics(totals: dict[str, float], keys: Sequence[str], mean_keys: Seq
         if count:
             out[k] = reduced[i] / count if k in mean_keys else reduced[i]
     return out
-
-
-def optimizer_state_by_name(state: dict, names: Sequence[str]) -> dict:
-    """A ``torch.optim`` state dict (parameters numbered in ``param_groups`` order) keyed by parameter
-    name instead: the form ``torch.distributed.checkpoint.state_dict.set_optimizer_state_dict`` takes.
-    ``names``: the optimizer's parameters' names, in the order it numbers them."""
-    return {"state": {names[i]: v for i, v in state["state"].items()},
-            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
-
-
-def optimizer_state_by_index(state: dict, names: Sequence[str]) -> dict:
-    """The inverse of :func:`optimizer_state_by_name`: the numbered form ``Optimizer.load_state_dict`` takes,
-    the one checkpoints store whatever the group's size or sharding."""
-    index = {n: i for i, n in enumerate(names)}
-    return {"state": {index[n]: v for n, v in state["state"].items()},
-            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]}
