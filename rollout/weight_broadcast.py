@@ -27,7 +27,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import torch
 
 # The bucket plan lives in its own module (rollout.weight_ipc uses it too); importable from here as before.
-from .weight_buckets import Spec, _numel, bucket_plan, tensor_specs  # noqa: F401
+from .weight_buckets import Spec, bucket_plan, checked, flat_buffer, pack, tensor_specs, views  # noqa: F401
 from .weight_ipc import IPCReceiverExtension
 
 
@@ -69,25 +69,14 @@ class WeightGroup:
         with self._closing_on_error():
             for bucket in bucket_plan(list(specs), dtype, bucket_mb):
                 if len(bucket) == 1:  # a tensor of a bucket's size or more goes as it is, not copied
-                    flat = self._checked(next(items), *bucket[0]).to(self.device, dtype).contiguous().reshape(-1)
+                    tensor = checked(next(items), *bucket[0], "sending", "the receivers")
+                    flat = tensor.to(self.device, dtype).contiguous().reshape(-1)
                 else:
-                    flat = torch.empty(sum(_numel(s) for _, s in bucket), dtype=dtype, device=self.device)
-                    offset = 0
-                    for name, shape in bucket:
-                        n = _numel(shape)
-                        flat[offset:offset + n].copy_(self._checked(next(items), name, shape).reshape(-1))
-                        offset += n
+                    flat = flat_buffer(bucket, dtype, self.device)
+                    pack(flat, bucket, items, "sending", "the receivers")
                 self.group.broadcast(flat, 0).wait()
                 sent += flat.numel() * flat.element_size()
         return sent
-
-    @staticmethod
-    def _checked(item: tuple[str, "torch.Tensor"], name: str, shape) -> "torch.Tensor":
-        got, tensor = item
-        if got != name or tuple(tensor.shape) != tuple(shape):
-            raise RuntimeError(f"weight sync: sending {got} {tuple(tensor.shape)} where the receivers expect {name} "
-                               f"{tuple(shape)} (the specs are stale)")
-        return tensor.detach()
 
     @contextlib.contextmanager
     def _closing_on_error(self):
@@ -115,14 +104,10 @@ class WeightGroup:
         """The tensors rank 0 sends, as ``(name, tensor)`` in ``specs`` order (a generator: one bucket in memory
         at a time, which is what vLLM's ``load_weights`` consumes)."""
         for bucket in bucket_plan(list(specs), dtype, bucket_mb):
-            flat = torch.empty(sum(_numel(s) for _, s in bucket), dtype=dtype, device=self.device)
+            flat = flat_buffer(bucket, dtype, self.device)
             with self._closing_on_error():
                 self.group.broadcast(flat, 0).wait()
-            offset = 0
-            for name, shape in bucket:
-                n = _numel(shape)
-                yield name, flat[offset:offset + n].view(shape)
-                offset += n
+            yield from views(flat, bucket)
 
 
 class WeightReceiverExtension(IPCReceiverExtension):

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from .weight_buckets import Spec, _numel, bucket_plan
+from .weight_buckets import Spec, bucket_plan, flat_buffer, pack, views
 
 Bucket = dict  # {"handles": {device key: (rebuild function, args)}, "specs": [(name, shape), ...]}
 
@@ -66,15 +66,6 @@ def open_shared(handle, device: torch.device | str) -> torch.Tensor:
     return func(*args)
 
 
-def views(flat: torch.Tensor, specs: Sequence[Spec]) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(name, view)`` of each spec laid end to end in ``flat`` (how the sender packed the bucket)."""
-    offset = 0
-    for name, shape in specs:
-        n = _numel(shape)
-        yield name, flat[offset:offset + n].view(tuple(shape))
-        offset += n
-
-
 class IPCSender:
     """The trainer's half: packs the ``(name, tensor)`` pairs of ``tensors`` (in ``specs`` order, e.g. one
     gathered parameter at a time) into one flat ``dtype`` buffer per bucket and hands out a handle to it.
@@ -104,17 +95,11 @@ class IPCSender:
             return None
         specs = self.buckets[self.index]
         self.index += 1
-        flat = torch.empty(sum(_numel(s) for _, s in specs), dtype=self.dtype, device=self.device)
+        flat = flat_buffer(specs, self.dtype, self.device)
         if self.device.type == "cpu":  # in shared memory from the start (sharing it later would copy it), by name
             torch.multiprocessing.set_sharing_strategy("file_system")
             flat.share_memory_()
-        for (name, shape), (_, view) in zip(specs, views(flat, specs)):
-            got, tensor = next(self.items)
-            if got != name or tuple(tensor.shape) != tuple(shape):
-                raise RuntimeError(f"weight sync: packing {got} {tuple(tensor.shape)} where the engines expect "
-                                   f"{name} {tuple(shape)} (the specs are stale)")
-            view.copy_(tensor.detach())
-            del tensor
+        pack(flat, specs, self.items, "packing", "the engines")
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the copies are done before another process reads them
         self.buffer = flat
