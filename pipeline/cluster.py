@@ -183,18 +183,10 @@ class RLActors:
 
 def _dead_workers(trainer) -> list:
     """The trainer's actors (a group's workers, or the one actor) that no longer answer because they died."""
-    import ray
-    from ray.exceptions import GetTimeoutError, RayActorError
+    from .trainer_group import dead_indices
 
-    dead = []
-    for worker in getattr(trainer, "workers", [trainer]):
-        try:
-            ray.get(worker.__ray_ready__.remote(), timeout=10)
-        except RayActorError:
-            dead.append(worker)
-        except GetTimeoutError:  # alive, busy (e.g. waiting in a collective for the dead one)
-            pass
-    return dead
+    workers = list(getattr(trainer, "workers", [trainer]))
+    return [workers[i] for i in dead_indices(workers)]
 
 
 def _kill(handle) -> None:

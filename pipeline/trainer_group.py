@@ -111,19 +111,7 @@ class TrainerGroup:
 
     def dead_ranks(self, timeout: float = 10.0) -> list[int]:
         """The ranks whose actor has died (a busy one, e.g. waiting in a collective, is alive)."""
-        import ray
-        from ray.exceptions import RayActorError
-
-        probes = [w.__ray_ready__.remote() for w in self.workers]
-        ready, _ = ray.wait(probes, num_returns=len(probes), timeout=timeout)  # one timeout for all
-        dead = []
-        for rank, probe in enumerate(probes):
-            if probe in ready:
-                try:
-                    ray.get(probe)
-                except RayActorError:
-                    dead.append(rank)
-        return dead
+        return dead_indices(self.workers, timeout)
 
     def kill(self) -> None:
         """Kill every worker of the group."""
@@ -142,6 +130,24 @@ class _GroupMethod:
 
     def remote(self, *args, **kwargs):
         return self.group.call(self.name, *args, **kwargs)
+
+
+def dead_indices(handles: list, timeout: float = 10.0) -> list[int]:
+    """The positions in ``handles`` of the actors that have died. All are probed at once within one ``timeout``;
+    one that does not answer in time is busy (e.g. waiting in a collective for a dead peer), not dead."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    probes = [h.__ray_ready__.remote() for h in handles]
+    ready, _ = ray.wait(probes, num_returns=len(probes), timeout=timeout)
+    dead = []
+    for index, probe in enumerate(probes):
+        if probe in ready:
+            try:
+                ray.get(probe)
+            except RayActorError:
+                dead.append(index)
+    return dead
 
 
 def kill_actor(handle: Any) -> None:
