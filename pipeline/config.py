@@ -367,9 +367,7 @@ class RecipeConfig(_Strict):
             if getattr(self, name).routing_replay and self.rollout.routing_capture is False:
                 raise ValueError(f"{name}.routing_replay=true with rollout.routing_capture=false: the engine would "
                                  "record no routing to replay; drop the capture override (it follows the replay)")
-        capture = self.rollout.routing_capture or (self.rollout.routing_capture is None and
-                                                   (self.rl.routing_replay or self.general_rl.routing_replay))
-        if capture and self.cluster.rollout.num_gpus > 0 and not self.rollout.enable_prefix_caching:
+        if self.routing_captured() and self.cluster.rollout.num_gpus > 0 and not self.rollout.enable_prefix_caching:
             # vLLM keeps the routed experts with the prefix cache's blocks (rollout/vllm_options.py checks the rest)
             raise ValueError("rollout.routing_capture (rl.routing_replay) on GPU engines needs "
                              "rollout.enable_prefix_caching=true: vLLM stores the routed experts with its blocks")
@@ -398,6 +396,13 @@ class RecipeConfig(_Strict):
     def run_dir(self) -> Path:
         """``run.output_dir/run.name`` as an absolute path (see :func:`durable_dir`)."""
         return durable_dir(self.run.output_dir) / self.run.name
+
+    def routing_captured(self) -> bool:
+        """Whether engines record routing (R3): ``rollout.routing_capture``, or by default whether an RL stage
+        replays it. One engine serves every stage of a run, so it is decided once for the run."""
+        if self.rollout.routing_capture is not None:
+            return self.rollout.routing_capture
+        return bool(self.rl.routing_replay or self.general_rl.routing_replay)
 
 
 # Where Ray unpacks a job's working dir: a temporary copy, deleted after the job.

@@ -26,11 +26,8 @@ def engine_options(cfg: RecipeConfig) -> dict:
 
 
 def routing_capture(cfg: RecipeConfig) -> bool:
-    """Whether engines record routing (R3): ``rollout.routing_capture``, or by default whether an RL stage
-    replays it. One engine serves every stage of a run, so it is decided once for the run."""
-    if cfg.rollout.routing_capture is not None:
-        return cfg.rollout.routing_capture
-    return bool(cfg.rl.routing_replay or cfg.general_rl.routing_replay)
+    """Whether engines record routing (R3): :meth:`RecipeConfig.routing_captured`."""
+    return cfg.routing_captured()
 
 
 def eval_sampling(cfg: RecipeConfig) -> SamplingSpec:
