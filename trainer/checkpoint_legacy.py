@@ -56,7 +56,7 @@ def load_legacy(trainer, ckpt_dir: Path, *, weights_only: bool = False) -> None:
                                                          set_optimizer_state_dict)
 
     state = torch.load(ckpt_dir / "trainer_state.pt", map_location="cpu", weights_only=False)
-    sharded = trainer.parallel == "fsdp" and trainer.world_size > 1
+    sharded = trainer.parallel == "fsdp"  # FSDP2 over one worker too: its parameters are DTensors
     options = StateDictOptions(full_state_dict=True, strict=False)
     if trainer.is_lora:
         params = dict(trainer.model.named_parameters())
