@@ -117,15 +117,12 @@ COUNT_NAMES = ("routers", "routers_differ_own", "tokens", "tokens_differ_own", "
                "routers_plumbing_differ")
 
 
-_UNSIGNED = {torch.uint8: 255, torch.uint16: 65535}  # routing dtype -> its "unknown" value (the dtype's maximum)
-
-
 def expert_ids(routing: torch.Tensor) -> torch.Tensor:
     """``[..., k]`` routing as long expert ids, -1 where unknown: an unsigned routing tensor's rows of the
     dtype's maximum (:func:`trainer.routing_layout.routing_tensor`), a signed one's -1s as they are."""
     ids = routing.long()
-    if routing.dtype in _UNSIGNED:
-        ids = ids.masked_fill((ids == _UNSIGNED[routing.dtype]).all(dim=-1, keepdim=True), -1)
+    if not routing.dtype.is_signed:  # unknown: the dtype's maximum (rollout.routing_capture.sentinel_of)
+        ids = ids.masked_fill((ids == torch.iinfo(routing.dtype).max).all(dim=-1, keepdim=True), -1)
     return ids
 
 
