@@ -75,14 +75,14 @@ def stateful_module(trainer) -> torch.nn.Module:
     return torch.nn.ModuleDict({"model": trainer.model, **extras})
 
 
-def _dcp_state(trainer, *, optimizer: bool = True) -> dict:
-    """``{"model": ..., "optimizer": ...}`` keyed by parameter name, as DCP saves and loads them."""
+def _dcp_state(module: torch.nn.Module, optimizer=None) -> dict:
+    """``{"model": ..., "optimizer": ...}`` of :func:`stateful_module`'s ``module`` (and ``optimizer``, None: the
+    weights alone) keyed by parameter name, as DCP saves and loads them."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
-    module = stateful_module(trainer)
-    if not optimizer:
+    if optimizer is None:
         return {"model": _without_aliases(module, get_model_state_dict(module, options=_options()))}
-    model, optim = get_state_dict(module, [trainer.optimizer], options=_options())
+    model, optim = get_state_dict(module, [optimizer], options=_options())
     return {"model": _without_aliases(module, model), "optimizer": optim}
 
 
@@ -113,7 +113,7 @@ def save_checkpoint(trainer, out_dir: str | Path, state: dict | None = None) -> 
     out_dir = Path(out_dir)
     (out_dir / DCP_DIR).mkdir(parents=True, exist_ok=True)
     with _alone_quietly():
-        dcp.save(_dcp_state(trainer), checkpoint_id=str(out_dir / DCP_DIR), no_dist=not _in_group())
+        dcp.save(_dcp_state(stateful_module(trainer), trainer.optimizer), checkpoint_id=str(out_dir / DCP_DIR), no_dist=not _in_group())
     if trainer.rank != 0:
         return str(out_dir)
     torch.save({"scheduler": scheduler_state(trainer.scheduler.state_dict()), "torch_rng": torch.get_rng_state()},
@@ -148,10 +148,10 @@ def load_checkpoint(trainer, ckpt_dir: str | Path, *, weights_only: bool = False
                                 "(not a trainer checkpoint, or an unfinished one)")
     # DCP loads in place into the tensors of a state dict of the trainer as it is now (its shards, its
     # device); a key the checkpoint lacks is an error of DCP's own, naming it.
-    state = _dcp_state(trainer, optimizer=not weights_only)
+    module = stateful_module(trainer)
+    state = _dcp_state(module, None if weights_only else trainer.optimizer)
     with _alone_quietly():
         dcp.load(state, checkpoint_id=str(ckpt_dir / DCP_DIR), no_dist=not _in_group())
-    module = stateful_module(trainer)
     if weights_only:
         set_model_state_dict(module, state["model"], options=_options(strict=False))
         return
