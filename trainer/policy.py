@@ -320,13 +320,9 @@ class PolicyTrainer(GRPOUpdate, Policy):
         (the object-store route). numpy: Ray's object store hands numpy arrays to a reader without a copy.
         Tied weights appear under both names. Under FSDP every worker takes part in the gathers and rank 0
         returns the weights (the others ``{}``); replicated workers hold the same weights."""
-        from .weight_export import iter_inference_tensors
+        from .weight_export import rank0_weights
 
-        out = {}
-        for name, tensor in iter_inference_tensors(self):  # every rank gathers; rank 0 keeps
-            if self.rank == 0:
-                out[name] = tensor.float().cpu().contiguous().numpy().copy()
-        return out
+        return rank0_weights(self, lambda t: t.float().cpu().contiguous().numpy().copy())
 
     @torch.no_grad()
     def inference_tensors(self) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ deltas merged into their base weights, MoE experts under their per-expert checkp
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -96,14 +96,17 @@ def iter_inference_tensors(trainer, dtype: torch.dtype | None = None) -> Iterato
                 yield "lm_head.weight", tensor
 
 
+def rank0_weights(trainer, convert: Callable[[torch.Tensor], object] = lambda t: t) -> dict[str, object]:
+    """:func:`iter_inference_tensors` as one dict of ``convert(tensor)``, each converted as soon as it is whole
+    (e.g. moved to host RAM). Every rank takes part in the gathers; rank 0 keeps the weights, the others get
+    ``{}``."""
+    return {name: convert(tensor) for name, tensor in iter_inference_tensors(trainer) if trainer.rank == 0}
+
+
 def inference_tensors(trainer) -> dict[str, torch.Tensor]:
     """:func:`iter_inference_tensors` as one dict in the model's precision (``{}`` on FSDP ranks other than 0,
     which take part in the gathers)."""
-    tensors = {}
-    for name, tensor in iter_inference_tensors(trainer):  # every rank gathers; rank 0 keeps
-        if trainer.rank == 0:
-            tensors[name] = tensor
-    return tensors
+    return rank0_weights(trainer)
 
 
 def weight_specs(trainer) -> list[tuple[str, tuple[int, ...]]]:
@@ -121,10 +124,8 @@ def save_pretrained(trainer, out_dir) -> str:
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
-    state = {}
-    for name, tensor in iter_inference_tensors(trainer):
-        if trainer.rank == 0:  # an own copy each: safetensors refuses shared storage
-            state[name] = tensor.to("cpu", torch.float32, copy=True).contiguous()
+    # An own copy each: safetensors refuses shared storage.
+    state = rank0_weights(trainer, lambda t: t.to("cpu", torch.float32, copy=True).contiguous())
     if trainer.rank != 0:
         return str(out_dir)
     base = _base_model(trainer)
